@@ -1,0 +1,20 @@
+"""Files shipped inside the package, usable by name wherever a config takes a path."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+# name -> path under src/rlhfkit/assets/
+BUILTIN = {
+    "austen": "austen.txt.gz",  # Jane Austen's six novels (public domain), the pretraining corpus
+    "tiny-austen": "tiny-austen",  # the model `rlhfkit pretrain configs/pretrain-tiny-austen.yaml` made
+    "demo-sft": "demo/sft.jsonl",  # cheerful continuations of Austen sentence openings (prompt/completion)
+    "demo-prompts": "demo/prompts.jsonl",  # held-out Austen sentence openings (prompt)
+}
+
+
+def resolve(name_or_path: str) -> str:
+    """The packaged file for a builtin name; any other string is returned unchanged (a path or hub id)."""
+    if name_or_path in BUILTIN:
+        return str(resources.files("rlhfkit") / "assets" / BUILTIN[name_or_path])
+    return name_or_path

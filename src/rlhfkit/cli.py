@@ -1,0 +1,73 @@
+"""The `rlhfkit` command line: one command per pipeline stage, each reading a typed config.
+
+Every stage command is `rlhfkit STAGE [CONFIG.yaml] [--set key=value ...]`; `rlhfkit STAGE --help` lists
+the config's fields with their defaults and meanings.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.markup import escape
+
+from rlhfkit.config import ConfigError, config_help, load_config
+from rlhfkit.data.readers import DataError
+
+app = typer.Typer(
+    help="rlhfkit: the whole RLHF pipeline, from a pretrained model to an aligned one.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config file (optional: defaults otherwise)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field: key=value (repeatable)")]
+
+
+def _fields_table(cls: type[BaseModel]) -> str:
+    """The config's fields as help text: name, meaning, default and type, one line each."""
+    rows = config_help(cls)
+    width = max(len(name) for name, *_ in rows)
+    lines = [
+        f"  {escape(name).ljust(width)}  {escape(doc)} [dim](default {escape(default)}; {escape(type_name)})[/dim]"
+        for name, type_name, default, doc in rows
+    ]
+    header = f"[bold]Config fields[/bold] ({cls.__name__}): set them in the YAML file or with --set key=value"
+    return header + "\n\n" + "\n".join(lines)
+
+
+def stage_command(name: str, config_cls: type[BaseModel], help_text: str) -> Callable:
+    """Register `rlhfkit NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
+
+    def register(run: Callable[[Any], Any]) -> Callable:
+        def command(
+            config: ConfigArg = None,
+            overrides: SetOpt = None,
+            resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")] = False,
+        ) -> None:
+            extra = ["resume=true"] if resume else []
+            try:
+                run(load_config(config_cls, config, [*(overrides or []), *extra]))
+            except (ConfigError, DataError) as exc:
+                typer.secho(str(exc), fg="red", err=True)
+                raise typer.Exit(2) from None
+
+        app.command(name, help=help_text, epilog=_fields_table(config_cls))(command)
+        return run
+
+    return register
+
+
+def _import_commands() -> None:
+    """Stage modules register themselves here; imported lazily so `rlhfkit --help` stays fast."""
+    from rlhfkit import commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    _import_commands()
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="rlhfkit")

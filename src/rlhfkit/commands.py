@@ -1,0 +1,29 @@
+"""Registers each pipeline stage as an `rlhfkit` command (imported by the CLI on start-up)."""
+
+from __future__ import annotations
+
+from rlhfkit.cli import stage_command
+from rlhfkit.generation.generate import GenerateConfig, generate
+from rlhfkit.pretrain.train import PretrainConfig, pretrain
+from rlhfkit.quickstart import QuickstartConfig, quickstart
+from rlhfkit.sft.train import SFTConfig, sft
+
+
+@stage_command("pretrain", PretrainConfig, "Train a BPE tokenizer and a small GPT-2-style model from scratch.")
+def _pretrain(config: PretrainConfig) -> None:
+    pretrain(config)
+
+
+@stage_command("sft", SFTConfig, "Supervised fine-tuning on demonstrations (loss on the response only).")
+def _sft(config: SFTConfig) -> None:
+    sft(config)
+
+
+@stage_command("generate", GenerateConfig, "Sample responses to a file of prompts (batched, KV cache).")
+def _generate(config: GenerateConfig) -> None:
+    print(generate(config))
+
+
+@stage_command("quickstart", QuickstartConfig, "Run the pipeline offline on the embedded model and data.")
+def _quickstart(config: QuickstartConfig) -> None:
+    quickstart(config)

@@ -1,0 +1,130 @@
+"""Typed configuration: every command reads one pydantic model from YAML plus `--set key=value` overrides.
+
+An unknown or mistyped field is an error naming the field (with a suggestion), never a silent default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the source and the field."""
+
+
+class Config(BaseModel):
+    """Base of every stage's configuration: unknown fields are rejected, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (['a', 'b'], value), the value read as YAML (so 3, 1e-4, true, [1, 2] work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _field_names(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names of the fields of the (possibly nested) model that `loc` points into."""
+    model: Any = cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def format_validation_error(cls: type[BaseModel], error: ValidationError, source: str) -> str:
+    """One line per problem: `source: field 'a.b': message`, with a suggestion for unknown names."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        name = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            known = _field_names(cls, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known fields: {', '.join(known)})"
+            lines.append(f"{source}: unknown field {name!r}{hint}")
+        else:
+            got = item.get("input")
+            lines.append(f"{source}: field {name!r}: {item['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def load_config(cls: type[C], path: Path | str | None = None, overrides: list[str] | None = None) -> C:
+    """Read `cls` from a YAML file (optional) and apply `key=value` overrides in order."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+        data = loaded or {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value)
+    if overrides:
+        source += " + --set"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(cls, exc, source)) from None
+
+
+def _describe_default(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return repr(value)
+
+
+def config_help(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) for every field, nested sections flattened with dots."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if get_origin(annotation) is Literal:
+            type_name = " | ".join(str(choice) for choice in get_args(annotation))
+        else:
+            type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        if nested is not None:
+            rows.extend(config_help(nested, prefix=f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append((prefix + name, type_name, _describe_default(default), field.description or ""))
+    return rows
+
+
+def dump_config(config: BaseModel, path: Path) -> None:
+    """Write the resolved configuration next to a run's outputs, so the run can be reproduced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

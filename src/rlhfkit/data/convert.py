@@ -1,0 +1,95 @@
+"""Turn every kind of comparative feedback into preference pairs, the shape reward models and DPO train on.
+
+A ranking of K replies gives K-choose-2 pairs (InstructGPT trains on all of them from one prompt),
+ratings of replies to the same prompt give pairs by score, and a labeler's edit is preferred to the reply
+it corrects. Equal judgements carry no direction, so they are dropped unless ties are asked for, in which
+case they come back as `tie=True` pairs for losses that use them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
+
+
+def ranking_to_pairs(r: RankingRecord, include_ties: bool = False) -> list[PreferenceRecord]:
+    """All pairs (i < j) of a ranking's responses, in index order; the lower (better) rank is chosen."""
+    return _pairs(
+        r.prompt,
+        [(response, -rank) for response, rank in zip(r.responses, r.ranks, strict=True)],
+        include_ties,
+    )
+
+
+def ratings_to_pairs(
+    records: Iterable[RatingRecord], include_ties: bool = False, margin_from_score: bool = False
+) -> list[PreferenceRecord]:
+    """Pairs of replies to the same prompt, the higher score chosen; prompts in first-seen order.
+
+    With `margin_from_score`, a pair's margin is its score difference, so that 7 vs 1 counts for more
+    than 5 vs 4 in margin losses such as Llama 2's reward-model loss.
+    """
+    groups: dict[Hashable, list[RatingRecord]] = {}
+    for record in records:
+        groups.setdefault(_prompt_key(record.prompt), []).append(record)
+    return [
+        pair
+        for group in groups.values()
+        for pair in _pairs(
+            group[0].prompt, [(r.response, r.score) for r in group], include_ties, margin_from_score
+        )
+    ]
+
+
+def edit_to_pair(e: EditRecord) -> PreferenceRecord:
+    """The edited reply preferred to the original; an edit that changes nothing says nothing, so it raises."""
+    if e.edited == e.original:
+        raise ValueError("edit leaves the reply unchanged")
+    return PreferenceRecord(prompt=e.prompt, chosen=e.edited, rejected=e.original)
+
+
+def to_preferences(records: Iterable[Record], kind: str) -> list[PreferenceRecord]:
+    """Preference pairs from records of `kind` (preference, ranking, rating or edit), ties left out."""
+    if kind not in _TO_PREFERENCES:
+        raise ValueError(
+            f"cannot turn {kind!r} records into preferences; convertible kinds: {', '.join(_TO_PREFERENCES)}"
+        )
+    return _TO_PREFERENCES[kind](records)
+
+
+def _pairs(
+    prompt: Text, scored: Sequence[tuple[Text, int]], include_ties: bool, margin_from_score: bool = False
+) -> list[PreferenceRecord]:
+    """Every pair (i < j) of scored replies to `prompt`, the higher score chosen (i's reply when tied)."""
+    pairs = []
+    for (first, first_score), (second, second_score) in itertools.combinations(scored, 2):
+        if first_score == second_score and not include_ties:
+            continue
+        chosen, rejected = (first, second) if first_score >= second_score else (second, first)
+        margin = float(abs(first_score - second_score)) if margin_from_score else None
+        pairs.append(
+            PreferenceRecord(
+                prompt=prompt,
+                chosen=chosen,
+                rejected=rejected,
+                margin=margin,
+                tie=first_score == second_score,
+            )
+        )
+    return pairs
+
+
+def _prompt_key(prompt: Text) -> Hashable:
+    """A hashable stand-in for a prompt, so chat prompts (lists of messages) can group ratings too."""
+    return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
+
+
+_TO_PREFERENCES: dict[str, Callable[[Iterable[Any]], list[PreferenceRecord]]] = {
+    "preference": list,
+    "ranking": lambda records: [pair for record in records for pair in ranking_to_pairs(record)],
+    "rating": ratings_to_pairs,
+    "edit": lambda records: [edit_to_pair(record) for record in records],
+}

@@ -1,0 +1,100 @@
+"""Load any causal LM and its tokenizer by hub id, local path or rlhfkit default name.
+
+The defaults (`tiny-austen`, `smollm2-135m-instruct`) resolve to local directories, so nothing is fetched
+from a hub for them. Every tokenizer leaves here with a pad token distinct from EOS: a pad equal to EOS
+makes "stop here" and "nothing here" the same token, which breaks EOS handling in generation and masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit import assets
+from rlhfkit.config import Config
+
+console = Console(stderr=True)
+
+PAD_TOKEN = "<|pad|>"
+
+
+class LoraSettings(Config):
+    """LoRA adapters through peft (Hu et al. 2021, arXiv:2106.09685)."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
+    r: int = Field(16, description="rank of the adapter matrices")
+    alpha: int = Field(32, description="scale numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.0, description="dropout on the adapter input")
+    target_modules: str | list[str] = Field("all-linear", description="modules that get adapters")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an rlhfkit default name to its local directory; anything else is passed to from_pretrained."""
+    if name_or_path == "smollm2-135m-instruct":
+        from rlhfkit.models.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return assets.resolve(name_or_path)
+
+
+def ensure_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Give the tokenizer a pad token that is not EOS; returns True when a new token was added."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    if PAD_TOKEN in tokenizer.get_vocab():
+        tokenizer.pad_token = PAD_TOKEN
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return True
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token distinct from EOS (added if the checkpoint has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if ensure_distinct_pad(tokenizer):
+        console.print(f"[yellow]{name_or_path}: added pad token {PAD_TOKEN!r} (pad must differ from EOS)")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    lora: LoraSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """A causal LM, its embeddings grown to the tokenizer's vocabulary, optionally wrapped with LoRA."""
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype)
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lora is not None and lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
+    """save_pretrained for model and tokenizer; LoRA adapters are merged so any loader can read the result."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)

@@ -1,0 +1,31 @@
+"""Small pure functions on tensors shared by every stage (SFT, reward models, PPO, DPO)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Σ_t m_t·x_t over `dim` (all elements when None); `mask` is 0/1 or bool, broadcastable to `values`."""
+    weighted = values * mask.to(values.dtype)
+    return weighted.sum() if dim is None else weighted.sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Σ m·x / Σ m: the token-level mean over the positions the mask keeps (0 where it keeps none)."""
+    count = mask.to(values.dtype).sum() if dim is None else mask.to(values.dtype).sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1.0)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(y_t | y_<t) of each target token: log_softmax(logits / T) gathered at the targets.
+
+    logits: (..., V), targets: (...) int64 -> (...). Computed as -cross_entropy, which fuses the
+    log-softmax and the gather and never materialises the (…, V) log-probabilities.
+    """
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    if temperature != 1.0:
+        flat_logits = flat_logits / temperature
+    nll = F.cross_entropy(flat_logits, targets.reshape(-1), reduction="none")
+    return -nll.view(targets.shape)

@@ -1,0 +1,186 @@
+"""Next-token training of a causal LM on masked sequences: the one loop behind pretraining and SFT.
+
+Runs on accelerate, so one code path serves a laptop CPU and `accelerate launch` (DDP). The loss is the
+token-level mean over the whole global batch: each process sums its token losses and divides by the token
+count of the global batch, all-reduced, times the world size (DDP averages gradients over processes). So
+two processes give the gradient of one process with the same global batch, whatever the padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from rlhfkit.ops import masked_sum, token_logprobs
+from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, chunks, pad_batch, shard
+from rlhfkit.training.config import TrainSettings
+from rlhfkit.training.progress import MetricsLog, progress_bar
+
+CHECKPOINT_PREFIX = "step-"
+
+
+class NextTokenLoss(nn.Module):
+    """Wraps a causal LM; forward returns (Σ NLL over trained targets, number of trained targets).
+
+    Only the positions whose next token is trained go through the output layer: prompt and padding
+    positions never pay for the (tokens × vocabulary) projection and softmax.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+        inner = lm.get_base_model() if isinstance(lm, PeftModel) else lm
+        # A tuple, not attributes: registered twice, the weights would be saved under two names.
+        self.parts = (inner.base_model, inner.get_output_embeddings())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+        backbone, head = self.parts
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        trained = loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 a training target?
+        logits = head(hidden[:, :-1][trained])  # (N, V) for the N trained targets only
+        logprobs = token_logprobs(logits, input_ids[:, 1:][trained])
+        return -logprobs.sum(), trained.sum()
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_metrics: dict[str, float]
+
+
+def total_steps(settings: TrainSettings, order: BatchOrder) -> int:
+    return settings.max_steps or max(1, math.ceil(settings.epochs * order.steps_per_epoch))
+
+
+def _all_reduce_sum(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
+    return accelerator.reduce(value.detach().clone().float(), reduction="sum")
+
+
+def evaluate(
+    accelerator: Accelerator, model: nn.Module, data: list[TokenSequence], pad_id: int, micro: int
+) -> dict[str, float]:
+    """Held-out token-level NLL and perplexity, split over processes."""
+    model.eval()
+    nll = torch.zeros((), device=accelerator.device)
+    count = torch.zeros((), device=accelerator.device)
+    with torch.no_grad():
+        mine = shard(list(range(len(data))), accelerator.process_index, accelerator.num_processes)
+        for part in chunks(mine, micro):
+            batch = pad_batch([data[i] for i in part], pad_id)
+            batch_nll, batch_count = model(*_to(batch, accelerator.device))
+            nll += batch_nll
+            count += batch_count
+    model.train()
+    mean = (_all_reduce_sum(accelerator, nll) / _all_reduce_sum(accelerator, count).clamp(min=1)).item()
+    return {"eval/loss": mean, "eval/ppl": math.exp(min(mean, 50.0))}
+
+
+def _to(batch: PaddedBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device)
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
+    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name[5:]))
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    """accelerate state (model, optimizer, scheduler, RNG) plus the step, written then renamed."""
+    final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
+    partial = final.with_name(final.name + ".partial")
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / "trainer_state.json").write_text(json.dumps({"step": step}))
+        partial.rename(final)
+        for old in _checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator: Accelerator, output_dir: Path) -> int:
+    found = _checkpoints(output_dir)
+    if not found:
+        accelerator.print(f"[resume] no checkpoint in {output_dir}/checkpoints: starting from step 0")
+        return 0
+    accelerator.load_state(str(found[-1]))
+    step = json.loads((found[-1] / "trainer_state.json").read_text())["step"]
+    accelerator.print(f"[resume] continuing from {found[-1]} (step {step})")
+    return step
+
+
+def train_causal_lm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_data: list[TokenSequence],
+    eval_data: list[TokenSequence],
+    settings: TrainSettings,
+    accelerator: Accelerator,
+) -> TrainResult:
+    """Optimise the next-token loss on `train_data`; returns the last step's metrics."""
+    world = accelerator.num_processes
+    if settings.batch_size % world:
+        raise ValueError(f"batch_size {settings.batch_size} must be divisible by the {world} processes")
+    set_seed(settings.seed)
+    output_dir = Path(settings.output_dir)
+    order = BatchOrder([len(s.input_ids) for s in train_data], settings.batch_size, settings.seed,
+                       settings.group_by_length)
+    steps = total_steps(settings, order)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, betas=settings.adam_betas,
+                                  weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
+    loss_model, optimizer, scheduler = accelerator.prepare(NextTokenLoss(model), optimizer, scheduler)
+    start = _resume(accelerator, output_dir) if settings.resume else 0
+    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
+    pad_id = tokenizer.pad_token_id
+    metrics: dict[str, float] = {}
+    if start == 0 and eval_data:  # the starting point, so every run shows what training changed
+        log.write(0, evaluate(accelerator, loss_model, eval_data, pad_id, settings.micro_batch_size))
+    started, tokens_seen = time.perf_counter(), 0
+    with progress_bar(accelerator.is_main_process) as bar:
+        task = bar.add_task("train", total=steps, completed=start)
+        for step in range(start + 1, steps + 1):
+            mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
+            batches = [pad_batch([train_data[i] for i in part], pad_id)
+                       for part in chunks(mine, settings.micro_batch_size)]
+            local_targets = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)
+            global_targets = _all_reduce_sum(accelerator, torch.tensor(local_targets, device=accelerator.device))
+            step_nll = torch.zeros((), device=accelerator.device)
+            for i, batch in enumerate(batches):
+                sync = i == len(batches) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(loss_model):
+                    with accelerator.autocast():
+                        nll, _ = loss_model(*_to(batch, accelerator.device))
+                    accelerator.backward(nll * world / global_targets.clamp(min=1))
+                step_nll += nll.detach()
+            grad_norm = accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_seen += int(global_targets)
+            loss = (_all_reduce_sum(accelerator, step_nll) / global_targets.clamp(min=1)).item()
+            bar.update(task, advance=1, description=f"train loss {loss:.3f}")
+            metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                       "train/grad_norm": float(grad_norm),
+                       "perf/target_tokens_per_s": tokens_seen / (time.perf_counter() - started)}
+            evaluate_now = (settings.eval_every and step % settings.eval_every == 0) or step == steps
+            if evaluate_now and eval_data:
+                metrics |= evaluate(accelerator, loss_model, eval_data, pad_id, settings.micro_batch_size)
+                bar.console.print(f"step {step}: eval loss {metrics['eval/loss']:.3f} ppl {metrics['eval/ppl']:.2f}")
+            if step % settings.log_every == 0 or evaluate_now:
+                log.write(step, metrics)
+            if settings.save_every and step % settings.save_every == 0 and step < steps:
+                _save_checkpoint(accelerator, output_dir, step, settings.keep_checkpoints)
+    return TrainResult(steps=steps, final_metrics=metrics)

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhfkit.cli import app, main
+from rlhfkit.config import ConfigError, load_config
+from rlhfkit.sft.train import SFTConfig
+
+
+def test_yaml_and_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 3.0e-4\nlora:\n  enabled: true\n")
+    config = load_config(SFTConfig, path, ["lora.r=4", "max_steps=7", "adam_betas=[0.8, 0.9]"])
+    assert config.learning_rate == 3e-4
+    assert config.lora.enabled and config.lora.r == 4
+    assert config.max_steps == 7 and config.adam_betas == (0.8, 0.9)
+
+
+def test_unknown_field_is_an_error_with_a_suggestion(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learnig_rate: 3.0e-4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown field 'learnig_rate' \(did you mean 'learning_rate'\?\)"):
+        load_config(SFTConfig, path)
+    with pytest.raises(ConfigError, match=r"unknown field 'lora.rank'"):
+        load_config(SFTConfig, None, ["lora.rank=4"])
+
+
+def test_mistyped_value_names_the_field():
+    with pytest.raises(ConfigError, match=r"field 'batch_size': .*integer.*'many'"):
+        load_config(SFTConfig, None, ["batch_size=many"])
+    with pytest.raises(ConfigError, match=r"field 'lr_schedule'"):
+        load_config(SFTConfig, None, ["lr_schedule=exponential"])
+
+
+def test_cli_rejects_unknown_field_before_running(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--set", "bogus=1"])
+    assert exit_info.value.code == 2
+    assert "unknown field 'bogus'" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_field_with_default():
+    from rlhfkit.cli import _import_commands
+
+    _import_commands()
+    result = CliRunner().invoke(app, ["sft", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in SFTConfig.model_fields:
+        assert name in result.output
+    assert "lora.target_modules" in result.output and "default 0.0001" in result.output
