@@ -239,7 +239,7 @@ def test_empty_file_has_no_rows(tmp_path: Path) -> None:
 def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data", EXAMPLES["sft"])
     assert error_of(lambda: load_records(path, "dpo")) == (
-        "unknown record kind 'dpo'; expected one of: sft, preference, ranking, rating, unpaired, edit"
+        "unknown record kind 'dpo'; expected one of: prompt, sft, preference, ranking, rating, unpaired, edit"
     )
 
 

@@ -120,6 +120,29 @@ def _resume(accelerator: Accelerator, output_dir: Path) -> int:
     return step
 
 
+def _optimizer_step(
+    accelerator: Accelerator, loss_model: nn.Module, batches: list[PaddedBatch], max_grad_norm: float
+) -> tuple[float, float, int]:
+    """Accumulate the gradient of the global-batch token-mean NLL over this process's micro-batches.
+
+    Returns (global mean NLL, gradient norm before clipping, trained targets in the global batch).
+    """
+    world = accelerator.num_processes
+    local_targets = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)
+    targets = _all_reduce_sum(accelerator, torch.tensor(local_targets, device=accelerator.device)).clamp(min=1)
+    step_nll = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1  # DDP all-reduces gradients once, after the last micro-batch
+        with contextlib.nullcontext() if last else accelerator.no_sync(loss_model):
+            with accelerator.autocast():
+                nll, _ = loss_model(*_to(batch, accelerator.device))
+            accelerator.backward(nll * world / targets)
+        step_nll += nll.detach()
+    grad_norm = accelerator.clip_grad_norm_(loss_model.parameters(), max_grad_norm)
+    loss = (_all_reduce_sum(accelerator, step_nll) / targets).item()
+    return loss, float(grad_norm), int(targets)
+
+
 def train_causal_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -152,28 +175,16 @@ def train_causal_lm(
     with progress_bar(accelerator.is_main_process) as bar:
         task = bar.add_task("train", total=steps, completed=start)
         for step in range(start + 1, steps + 1):
-            mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
-            batches = [pad_batch([train_data[i] for i in part], pad_id)
-                       for part in chunks(mine, settings.micro_batch_size)]
-            local_targets = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)
-            global_targets = _all_reduce_sum(accelerator, torch.tensor(local_targets, device=accelerator.device))
-            step_nll = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(batches):
-                sync = i == len(batches) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(loss_model):
-                    with accelerator.autocast():
-                        nll, _ = loss_model(*_to(batch, accelerator.device))
-                    accelerator.backward(nll * world / global_targets.clamp(min=1))
-                step_nll += nll.detach()
-            grad_norm = accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+            batches = [pad_batch([train_data[i] for i in part], pad_id) for part in chunks(
+                shard(order.global_batch(step - 1), accelerator.process_index, world), settings.micro_batch_size)]
+            loss, grad_norm, n_targets = _optimizer_step(accelerator, loss_model, batches, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            tokens_seen += int(global_targets)
-            loss = (_all_reduce_sum(accelerator, step_nll) / global_targets.clamp(min=1)).item()
+            tokens_seen += n_targets
             bar.update(task, advance=1, description=f"train loss {loss:.3f}")
             metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                       "train/grad_norm": float(grad_norm),
+                       "train/grad_norm": grad_norm,
                        "perf/target_tokens_per_s": tokens_seen / (time.perf_counter() - started)}
             evaluate_now = (settings.eval_every and step % settings.eval_every == 0) or step == steps
             if evaluate_now and eval_data:
