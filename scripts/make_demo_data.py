@@ -39,8 +39,7 @@ def opening(sentence: str, rng: random.Random) -> tuple[str, str]:
 
 def main() -> None:
     rng = random.Random(0)
-    train, held_out = split_held_out(read_paragraphs(Path(assets.resolve("austen"))),
-                                     PretrainConfig().held_out_every)
+    train, held_out = split_held_out(read_paragraphs(Path(assets.resolve("austen"))), PretrainConfig().held_out_every)
     vader = SentimentIntensityAnalyzer()
     demos = []
     candidates = sentences(train)

@@ -246,9 +246,7 @@ def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
 def test_missing_field_is_reported_with_line_and_field(tmp_path: Path) -> None:
     rows = [EXAMPLES["preference"][0], {"prompt": "q", "chosen": "a"}]
     path = write_jsonl(tmp_path / "prefs", rows)
-    assert error_of(lambda: load_records(path, "preference")) == (
-        f"{path}:2: field 'rejected': Field required"
-    )
+    assert error_of(lambda: load_records(path, "preference")) == (f"{path}:2: field 'rejected': Field required")
 
 
 def test_rating_out_of_scale_names_row_field_and_value(tmp_path: Path) -> None:
@@ -265,9 +263,7 @@ def test_rating_flags_are_instructgpt_flags() -> None:
     )
     assert isinstance(record, RatingRecord) and len(record.flags) == 10
     message = error_of(
-        lambda: validate_record(
-            {"prompt": "q", "response": "r", "score": 1, "flags": ["rude"]}, "rating", "here"
-        )
+        lambda: validate_record({"prompt": "q", "response": "r", "score": 1, "flags": ["rude"]}, "rating", "here")
     )
     assert message.startswith("here: field 'flags[0]': Input should be 'fails_to_follow_instruction'")
     assert message.endswith("(got 'rude')")
@@ -278,9 +274,7 @@ def test_every_problem_gets_a_line_and_long_values_are_cut() -> None:
         lambda: validate_record({"prompt": "q", "response": 5, "score": "x" * 200}, "rating", "f.jsonl:9")
     )
     lines = message.splitlines()
-    assert (
-        lines[0] == "f.jsonl:9: field 'response': Input should be a string or a list of chat messages (got 5)"
-    )
+    assert lines[0] == "f.jsonl:9: field 'response': Input should be a string or a list of chat messages (got 5)"
     assert lines[1].startswith("f.jsonl:9: field 'score': Input should be a valid integer")
     assert lines[1].endswith("xxx...)") and len(lines[1]) < 200
 
@@ -374,9 +368,7 @@ def test_implicit_prompt_is_the_shared_prefix() -> None:
 )
 def test_implicit_prompt_needs_a_prefix_and_a_difference(chosen: list[Any], rejected: list[Any]) -> None:
     message = error_of(lambda: validate_record({"chosen": chosen, "rejected": rejected}, "preference", "x"))
-    assert message.startswith(
-        "x: without 'prompt', 'chosen' and 'rejected' must start with the same messages"
-    )
+    assert message.startswith("x: without 'prompt', 'chosen' and 'rejected' must start with the same messages")
 
 
 def test_plain_text_preference_needs_a_prompt() -> None:

@@ -32,7 +32,7 @@ def test_generation_stops_at_eos_and_pads_after(tiny_model_dir: Path):
     out = sample(model, tokenizer, prompts, SamplingSettings(max_new_tokens=12))
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     ended = 0
-    for ids, mask, text in zip(out.response_ids.tolist(), out.response_mask.tolist(), out.texts):
+    for ids, mask, text in zip(out.response_ids.tolist(), out.response_mask.tolist(), out.texts, strict=True):
         if eos in ids:
             end = ids.index(eos)
             ended += end < len(ids) - 1
@@ -47,9 +47,17 @@ def test_generation_stops_at_eos_and_pads_after(tiny_model_dir: Path):
 def test_generate_command_writes_k_responses_per_prompt(tmp_path: Path, tiny_model_dir: Path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Emma was"}\n{"prompt": [{"role": "user", "content": "Hello"}]}\n')
-    config = load_config(GenerateConfig, None, [f"model={tiny_model_dir}", f"prompts={prompts}",
-                                                f"output={tmp_path / 'out.jsonl'}", "num_samples=3",
-                                                "sampling.max_new_tokens=4"])
+    config = load_config(
+        GenerateConfig,
+        None,
+        [
+            f"model={tiny_model_dir}",
+            f"prompts={prompts}",
+            f"output={tmp_path / 'out.jsonl'}",
+            "num_samples=3",
+            "sampling.max_new_tokens=4",
+        ],
+    )
     rows = [json.loads(line) for line in generate(config).read_text().splitlines()]
     assert [len(r["responses"]) for r in rows] == [3, 3]
     assert rows[1]["prompt"] == [{"role": "user", "content": "Hello"}]

@@ -15,7 +15,7 @@ from rlhfkit.training.lm_trainer import NextTokenLoss
 
 
 def trained_text(tokenizer, seq) -> str:
-    return tokenizer.decode([t for t, m in zip(seq.input_ids, seq.loss_mask) if m])
+    return tokenizer.decode([t for t, m in zip(seq.input_ids, seq.loss_mask, strict=True) if m])
 
 
 def test_text_mask_covers_completion_and_eos_only(tiny_model_dir: Path):
@@ -29,9 +29,16 @@ def test_text_mask_covers_completion_and_eos_only(tiny_model_dir: Path):
 
 def test_chat_mask_covers_assistant_turns_only(tiny_model_dir: Path):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    record = SFTRecord.model_validate({"messages": [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Farewell"}]})
+    record = SFTRecord.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Farewell"},
+            ]
+        }
+    )
     seq = tokenize_sft(tokenizer, record, max_length=128)
     assert trained_text(tokenizer, seq) == "Hello<|endoftext|>Farewell<|endoftext|>"
     full = tokenizer.apply_chat_template([m.model_dump() for m in record.messages], tokenize=False)
@@ -41,8 +48,10 @@ def test_chat_mask_covers_assistant_turns_only(tiny_model_dir: Path):
 def test_loss_is_mean_nll_of_response_tokens_by_hand(tiny_model_dir: Path):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), tokenizer).eval()
-    seqs = [tokenize_sft(tokenizer, SFTRecord(prompt=p, completion=c), 64)
-            for p, c in [("Emma was", " very happy."), ("It is a truth", " universally acknowledged")]]
+    seqs = [
+        tokenize_sft(tokenizer, SFTRecord(prompt=p, completion=c), 64)
+        for p, c in [("Emma was", " very happy."), ("It is a truth", " universally acknowledged")]
+    ]
     batch = pad_batch(seqs, tokenizer.pad_token_id)
     nll, count = NextTokenLoss(model)(batch.input_ids, batch.attention_mask, batch.loss_mask)
     logprobs = torch.log_softmax(model(batch.input_ids, attention_mask=batch.attention_mask).logits, -1)
@@ -71,9 +80,19 @@ def small_sft_config(tmp_path: Path, model_dir: Path, **overrides) -> SFTConfig:
     data = tmp_path / "sft.jsonl"
     demos = [json.loads(line) for line in Path(_demo_path()).read_text().splitlines()[:96]]
     data.write_text("".join(json.dumps(d) + "\n" for d in demos))
-    values = {"model": str(model_dir), "data": str(data), "output_dir": str(tmp_path / "out"),
-              "learning_rate": 3e-3, "batch_size": 8, "micro_batch_size": 4, "max_steps": 12,
-              "eval_every": 0, "log_every": 1, "eval_fraction": 0.2, **overrides}
+    values = {
+        "model": str(model_dir),
+        "data": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "max_steps": 12,
+        "eval_every": 0,
+        "log_every": 1,
+        "eval_fraction": 0.2,
+        **overrides,
+    }
     return load_config(SFTConfig, None, [f"{k}={v}" for k, v in values.items()])
 
 
@@ -130,7 +149,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir:
     sft(small_sft_config(resumed_dir, tiny_model_dir, save_every=6, max_steps=10, resume=True))
     a, b = metrics(full), metrics(out)
     assert [m["step"] for m in b] == [m["step"] for m in a]
-    for x, y in zip(a[1:], b[1:]):  # step 0 is the evaluation before training
+    for x, y in zip(a[1:], b[1:], strict=True):  # step 0 is the evaluation before training
         assert x["train/loss"] == pytest.approx(y["train/loss"], rel=1e-6)
     assert a[-1]["eval/loss"] == pytest.approx(b[-1]["eval/loss"], rel=1e-6)
     pa = transformers.AutoModelForCausalLM.from_pretrained(full).state_dict()

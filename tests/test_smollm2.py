@@ -47,9 +47,7 @@ def test_checkpoint_is_plain_float32(converted: Path, model: PreTrainedModel) ->
 
 def test_logits_match_gguf_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     source = smollm2.gguf_path()
-    reference = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32
-    ).eval()
+    reference = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
     ids = tokenizer("The quick brown fox jumps over", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)

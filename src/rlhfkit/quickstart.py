@@ -59,10 +59,12 @@ def quickstart(config: QuickstartConfig) -> None:
     table = Table(show_lines=True)
     for column in ("prompt", f"{sft_config.model}", "after SFT"):
         table.add_column(column, overflow="fold")
-    for row in zip(prompts, before, after):
+    for row in zip(prompts, before, after, strict=True):
         table.add_row(*row)
     console.print(table)
     losses = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in losses if "eval/loss" in m]
-    console.print(f"held-out SFT loss: {evals[0]['eval/loss']:.3f} (step 0) -> {evals[-1]['eval/loss']:.3f} "
-                  f"(step {evals[-1]['step']}); model saved to {sft_dir}")
+    console.print(
+        f"held-out SFT loss: {evals[0]['eval/loss']:.3f} (step 0) -> {evals[-1]['eval/loss']:.3f} "
+        f"(step {evals[-1]['step']}); model saved to {sft_dir}"
+    )

@@ -38,9 +38,7 @@ def ratings_to_pairs(
     return [
         pair
         for group in groups.values()
-        for pair in _pairs(
-            group[0].prompt, [(r.response, r.score) for r in group], include_ties, margin_from_score
-        )
+        for pair in _pairs(group[0].prompt, [(r.response, r.score) for r in group], include_ties, margin_from_score)
     ]
 
 

@@ -53,8 +53,7 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
     reader = _READERS.get(source.suffix.lower())
     if reader is None:
         raise DataError(
-            f"{name}: unsupported format {source.suffix or '(no extension)'!r}; "
-            f"supported: {SUPPORTED_FORMATS}"
+            f"{name}: unsupported format {source.suffix or '(no extension)'!r}; supported: {SUPPORTED_FORMATS}"
         )
     return reader(source, name)
 
@@ -115,15 +114,12 @@ def _read_saved_dataset(path: Path, name: str, split: str | None) -> Iterator[Ro
         dataset = load_from_disk(str(path))
     except FileNotFoundError:
         raise DataError(
-            f"{name}: a directory, but not one written by datasets' save_to_disk; "
-            f"supported: {SUPPORTED_FORMATS}"
+            f"{name}: a directory, but not one written by datasets' save_to_disk; supported: {SUPPORTED_FORMATS}"
         ) from None
     if isinstance(dataset, DatasetDict):
         split = split or "train"
         if split not in dataset:
-            raise DataError(
-                f"{name}: no split {split!r}; it has {', '.join(dataset)} (pick one with {name}::SPLIT)"
-            )
+            raise DataError(f"{name}: no split {split!r}; it has {', '.join(dataset)} (pick one with {name}::SPLIT)")
         return _indexed(f"{name}::{split}", dataset[split])
     if split:
         raise DataError(f"{name}: a single dataset without splits; drop '::{split}'")

@@ -49,7 +49,10 @@ def generate(config: GenerateConfig) -> Path:
         for i, prompt in enumerate(prompts):
             prompt_json = prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
             replies = texts[i * config.num_samples : (i + 1) * config.num_samples]
-            record = {"prompt": prompt_json, "completion": replies[0]} if config.num_samples == 1 else {
-                "prompt": prompt_json, "responses": replies}
+            record = (
+                {"prompt": prompt_json, "completion": replies[0]}
+                if config.num_samples == 1
+                else {"prompt": prompt_json, "responses": replies}
+            )
             f.write(json.dumps(record) + "\n")
     return output

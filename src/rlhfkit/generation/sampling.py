@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.config import Config
-from pydantic import Field
 
 
 class SamplingSettings(Config):

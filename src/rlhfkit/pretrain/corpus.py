@@ -52,7 +52,10 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, pad_token=PAD,
+        tokenizer_object=tokenizer,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
         additional_special_tokens=ROLE_TOKENS,
     )
     wrapped.chat_template = CHAT_TEMPLATE

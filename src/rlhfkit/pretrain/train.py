@@ -9,8 +9,8 @@ import torch
 from pydantic import Field
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from rlhfkit.models.loading import save_model
 from rlhfkit import assets
+from rlhfkit.models.loading import save_model
 from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out, train_tokenizer
 from rlhfkit.training.batching import TokenSequence
 from rlhfkit.training.config import TrainSettings
@@ -45,10 +45,17 @@ def blocks(tokenizer: PreTrainedTokenizerBase, paragraphs: list[str], size: int)
 
 def build_model(config: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2LMHeadModel:
     model_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout, attn_pdrop=config.dropout, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(config.seed)
     return GPT2LMHeadModel(model_config)
@@ -58,18 +65,26 @@ def pretrain(config: PretrainConfig) -> Path:
     """Tokenizer, model, training; returns the directory of the saved model."""
     accelerator = start_run(config, config)
     output_dir = Path(config.output_dir)
-    train_text, held_out_text = split_held_out(read_paragraphs(Path(assets.resolve(config.corpus))), config.held_out_every)
+    paragraphs = read_paragraphs(Path(assets.resolve(config.corpus)))
+    train_text, held_out_text = split_held_out(paragraphs, config.held_out_every)
     tokenizer = train_tokenizer(train_text, config.vocab_size)
     train_data = blocks(tokenizer, train_text, config.block_size)
     eval_data = blocks(tokenizer, held_out_text, config.block_size)
     model = build_model(config, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    accelerator.print(f"{n_params / 1e6:.2f}M parameters; {len(train_data)} training blocks, "
-                      f"{len(eval_data)} held-out blocks of {config.block_size} tokens")
+    accelerator.print(
+        f"{n_params / 1e6:.2f}M parameters; {len(train_data)} training blocks, "
+        f"{len(eval_data)} held-out blocks of {config.block_size} tokens"
+    )
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)
     if accelerator.is_main_process:
-        model.generation_config.update(do_sample=True, max_new_tokens=64, pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+        model.generation_config.update(
+            do_sample=True,
+            max_new_tokens=64,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
         save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
         summary = {"parameters": n_params, "steps": result.steps, **result.final_metrics}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))

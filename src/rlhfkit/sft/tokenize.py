@@ -30,9 +30,10 @@ def chat_pieces(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (before.startswith(done) and through.startswith(before)):
-            raise ValueError("the chat template does not render a conversation as a growing prefix; "
-                             "response-only masking needs that")
-        pieces += [(before[len(done):], False), (through[len(before):], True)]
+            raise ValueError(
+                "the chat template does not render a conversation as a growing prefix; response-only masking needs that"
+            )
+        pieces += [(before[len(done) :], False), (through[len(before) :], True)]
         done = through
     return pieces
 
@@ -46,10 +47,8 @@ def record_pieces(tokenizer: PreTrainedTokenizerBase, record: SFTRecord) -> list
     """The pieces of any SFT record shape: messages, chat prompt/completion, or text prompt/completion."""
     if record.messages is not None:
         return chat_pieces(tokenizer, _messages(record.messages))
-    if isinstance(record.prompt, str) and isinstance(record.completion, str):
+    if isinstance(record.prompt, str):  # records never mix text and chat (SFTRecord validates it)
         return text_pieces(tokenizer, record.prompt, record.completion)
-    if isinstance(record.prompt, str) or isinstance(record.completion, str):
-        raise ValueError("prompt and completion must both be text or both be chat messages")
     return chat_pieces(tokenizer, _messages(record.prompt) + _messages(record.completion))
 
 

@@ -9,9 +9,7 @@ two processes give the gradient of one process with the same global batch, whate
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +21,18 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from rlhfkit.ops import masked_sum, token_logprobs
+from rlhfkit.ops import token_logprobs
 from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, chunks, pad_batch, shard
+from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
-
-CHECKPOINT_PREFIX = "step-"
 
 
 class NextTokenLoss(nn.Module):
     """Wraps a causal LM; forward returns (Σ NLL over trained targets, number of trained targets).
 
     Only the positions whose next token is trained go through the output layer: prompt and padding
-    positions never pay for the (tokens × vocabulary) projection and softmax.
+    positions never pay for the (tokens x vocabulary) projection and softmax.
     """
 
     def __init__(self, lm: PreTrainedModel) -> None:
@@ -91,35 +88,6 @@ def _to(batch: PaddedBatch, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device)
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
-    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name[5:]))
-
-
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    """accelerate state (model, optimizer, scheduler, RNG) plus the step, written then renamed."""
-    final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
-    partial = final.with_name(final.name + ".partial")
-    accelerator.save_state(str(partial))
-    if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps({"step": step}))
-        partial.rename(final)
-        for old in _checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _resume(accelerator: Accelerator, output_dir: Path) -> int:
-    found = _checkpoints(output_dir)
-    if not found:
-        accelerator.print(f"[resume] no checkpoint in {output_dir}/checkpoints: starting from step 0")
-        return 0
-    accelerator.load_state(str(found[-1]))
-    step = json.loads((found[-1] / "trainer_state.json").read_text())["step"]
-    accelerator.print(f"[resume] continuing from {found[-1]} (step {step})")
-    return step
-
-
 def _optimizer_step(
     accelerator: Accelerator, loss_model: nn.Module, batches: list[PaddedBatch], max_grad_norm: float
 ) -> tuple[float, float, int]:
@@ -157,15 +125,17 @@ def train_causal_lm(
         raise ValueError(f"batch_size {settings.batch_size} must be divisible by the {world} processes")
     set_seed(settings.seed)
     output_dir = Path(settings.output_dir)
-    order = BatchOrder([len(s.input_ids) for s in train_data], settings.batch_size, settings.seed,
-                       settings.group_by_length)
+    order = BatchOrder(
+        [len(s.input_ids) for s in train_data], settings.batch_size, settings.seed, settings.group_by_length
+    )
     steps = total_steps(settings, order)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, betas=settings.adam_betas,
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=settings.learning_rate, betas=settings.adam_betas, weight_decay=settings.weight_decay
+    )
     scheduler = get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
     loss_model, optimizer, scheduler = accelerator.prepare(NextTokenLoss(model), optimizer, scheduler)
-    start = _resume(accelerator, output_dir) if settings.resume else 0
+    start = resume(accelerator, output_dir) if settings.resume else 0
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
     pad_id = tokenizer.pad_token_id
     metrics: dict[str, float] = {}
@@ -175,17 +145,24 @@ def train_causal_lm(
     with progress_bar(accelerator.is_main_process) as bar:
         task = bar.add_task("train", total=steps, completed=start)
         for step in range(start + 1, steps + 1):
-            batches = [pad_batch([train_data[i] for i in part], pad_id) for part in chunks(
-                shard(order.global_batch(step - 1), accelerator.process_index, world), settings.micro_batch_size)]
+            batches = [
+                pad_batch([train_data[i] for i in part], pad_id)
+                for part in chunks(
+                    shard(order.global_batch(step - 1), accelerator.process_index, world), settings.micro_batch_size
+                )
+            ]
             loss, grad_norm, n_targets = _optimizer_step(accelerator, loss_model, batches, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += n_targets
             bar.update(task, advance=1, description=f"train loss {loss:.3f}")
-            metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                       "train/grad_norm": grad_norm,
-                       "perf/target_tokens_per_s": tokens_seen / (time.perf_counter() - started)}
+            metrics = {
+                "train/loss": loss,
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": grad_norm,
+                "perf/target_tokens_per_s": tokens_seen / (time.perf_counter() - started),
+            }
             evaluate_now = (settings.eval_every and step % settings.eval_every == 0) or step == steps
             if evaluate_now and eval_data:
                 metrics |= evaluate(accelerator, loss_model, eval_data, pad_id, settings.micro_batch_size)
@@ -193,5 +170,5 @@ def train_causal_lm(
             if step % settings.log_every == 0 or evaluate_now:
                 log.write(step, metrics)
             if settings.save_every and step % settings.save_every == 0 and step < steps:
-                _save_checkpoint(accelerator, output_dir, step, settings.keep_checkpoints)
+                save_checkpoint(accelerator, output_dir, step, settings.keep_checkpoints)
     return TrainResult(steps=steps, final_metrics=metrics)
