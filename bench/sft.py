@@ -92,8 +92,9 @@ class SideResult:
 def measure(trainer: str, times: list[float], batches: list[BatchStats], settings: Settings) -> SideResult:
     """Throughput between the end of step `warmup` and the end of step `warmup + steps` (1-based steps)."""
     if len(times) != settings.total_steps or len(batches) < settings.total_steps:
-        raise RuntimeError(f"{trainer}: got {len(times)} step times and {len(batches)} batches, "
-                           f"expected {settings.total_steps}")
+        raise RuntimeError(
+            f"{trainer}: got {len(times)} step times and {len(batches)} batches, expected {settings.total_steps}"
+        )
     timed = batches[settings.warmup : settings.total_steps]
     seconds = times[-1] - times[settings.warmup - 1]
     samples = sum(b.samples for b in timed)
@@ -111,7 +112,9 @@ def measure(trainer: str, times: list[float], batches: list[BatchStats], setting
     )
 
 
-def recording(collate: Callable[..., Any], log: list[BatchStats], stats: Callable[[Any], BatchStats]):
+def recording(
+    collate: Callable[..., Any], log: list[BatchStats], stats: Callable[[Any], BatchStats]
+) -> Callable[..., Any]:
     """`collate`, appending the stats of every batch it builds to `log` (batches are built in step order)."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -189,14 +192,15 @@ def run_trl(settings: Settings) -> SideResult:
         def __init__(self) -> None:
             self.times: list[float] = []
 
-        def on_step_end(self, args, state, control, **kwargs) -> None:
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.times.append(time.time())
 
     torch.set_num_threads(settings.threads)
     tokenizer = load_tokenizer(settings.model_path)
     model = load_model(settings.model_path, tokenizer)
     dataset = load_dataset("json", data_files=assets.resolve(settings.data), split="train")
-    clock, batches = StepClock(), []
+    clock = StepClock()
+    batches: list[BatchStats] = []
     with tempfile.TemporaryDirectory() as out:
         base = {
             "output_dir": out,
@@ -220,8 +224,9 @@ def run_trl(settings: Settings) -> SideResult:
             "dataloader_num_workers": 0,
         }
         args = SFTConfig(**base | trl_overrides(settings.trl_set))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[clock])
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[clock]
+        )
         trainer.data_collator = recording(trainer.data_collator, batches, trl_batch_stats)
         trainer.train()
     return measure("TRL", clock.times, batches, settings)
@@ -247,18 +252,30 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: version(name) for name in packages}}
 
 
+def round_ratios(results: dict[str, list[SideResult]]) -> list[float]:
+    """rlhfkit / TRL samples/s of each round: back-to-back runs that saw about the same machine load."""
+    return [rl.samples_per_s / trl.samples_per_s for rl, trl in zip(results["rlhfkit"], results["TRL"], strict=True)]
+
+
 def report(console: Console, results: dict[str, list[SideResult]], ratio: float) -> None:
-    table = Table(title="SFT training throughput (timed steps only)")
+    table = Table(title="SFT training throughput (timed steps only; median run per trainer)")
     for column in ["trainer", "samples/s", "target tokens/s", "padded width", "s/step", "peak RSS MiB"]:
         table.add_column(column, justify="left" if column == "trainer" else "right")
     for name, runs in results.items():
         best = median_run(runs)
-        table.add_row(name, f"{best.samples_per_s:.2f}", f"{best.target_tokens_per_s:.0f}",
-                      f"{best.padded_width:.1f}", f"{best.seconds / len(best.step_seconds):.3f}",
-                      f"{best.peak_rss_mib:.0f}")
+        table.add_row(
+            name,
+            f"{best.samples_per_s:.2f}",
+            f"{best.target_tokens_per_s:.0f}",
+            f"{best.padded_width:.1f}",
+            f"{best.seconds / len(best.step_seconds):.3f}",
+            f"{best.peak_rss_mib:.0f}",
+        )
     console.print(table)
     verdict = "[green]met" if ratio >= TARGET_RATIO else "[red]not met"
     console.print(f"rlhfkit / TRL samples/s: [bold]{ratio:.2f}x[/] (target >= {TARGET_RATIO}x: {verdict}[/])")
+    if len(results["TRL"]) > 1:
+        console.print("per round: " + ", ".join(f"{r:.2f}x" for r in round_ratios(results)))
 
 
 def median_run(runs: list[SideResult]) -> SideResult:
@@ -271,8 +288,10 @@ def warn_if_busy(console: Console, load: float, threads: int) -> None:
     """Other work on the cores makes the numbers low and noisy; oversubscribed torch threads, much worse."""
     cpus = os.cpu_count() or 1
     if load > cpus - threads + 0.5:
-        console.print(f"[yellow]load average {load:.1f} on {cpus} CPUs before starting: other processes compete "
-                      f"with the {threads} torch thread(s); fewer --threads than free cores keeps timings sane")
+        console.print(
+            f"[yellow]load average {load:.1f} on {cpus} CPUs before starting: other processes compete "
+            f"with the {threads} torch thread(s); fewer --threads than free cores keeps timings sane"
+        )
 
 
 def parse_args() -> argparse.Namespace:
@@ -287,10 +306,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads on both sides")
     parser.add_argument("--rounds", type=int, default=1, help="repeat both trainers, alternating who goes first")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rlhfkit-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of rlhfkit's SFTConfig, e.g. group_by_length=false (repeatable)")
-    parser.add_argument("--trl-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of TRL's SFTConfig, e.g. group_by_length=true (repeatable)")
+    parser.add_argument(
+        "--rlhfkit-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of rlhfkit's SFTConfig, e.g. group_by_length=false (repeatable)",
+    )
+    parser.add_argument(
+        "--trl-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of TRL's SFTConfig, e.g. train_sampling_strategy=group_by_length (repeatable)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON result file")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
@@ -329,7 +358,8 @@ def main() -> None:
     report(console, results, ratio)
     record = {
         "benchmark": "sft",
-        "ratio_samples_per_s": ratio,
+        "ratio_samples_per_s": ratio,  # of the median runs
+        "round_ratios": round_ratios(results),
         "target_ratio": TARGET_RATIO,
         "settings": asdict(settings),
         "dtype": "float32",
@@ -339,8 +369,12 @@ def main() -> None:
         "samples_per_s": {name: median_run(runs).samples_per_s for name, runs in results.items()},
         "runs": {name: [asdict(r) for r in runs] for name, runs in results.items()},
         "versions": versions(),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")

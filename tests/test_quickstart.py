@@ -8,19 +8,8 @@ from rlhfkit.cli import main
 @pytest.mark.slow
 def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "quickstart",
-                "--set",
-                f"output_dir={tmp_path}",
-                "--set",
-                "sft.max_steps=4",
-                "--set",
-                "show=2",
-                "--set",
-                "sampling.max_new_tokens=8",
-            ]
-        )
+        main(["quickstart", "--set", f"output_dir={tmp_path}", "--set", "sft.max_steps=4", "--set", "show=2",
+              "--set", "sampling.max_new_tokens=8"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "after SFT" in out and "held-out SFT loss" in out
