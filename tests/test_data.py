@@ -69,6 +69,10 @@ EXAMPLES: dict[str, Rows] = {
         {"prompt": "q1", "original": "teh cat", "edited": "the cat", "source": "a"},
         {"prompt": "q2", "original": "its", "edited": "it's", "source": "b"},
     ],
+    "candidates": [
+        {"prompt": "q1", "responses": ["a", "b", "c", "d"], "source": "a"},
+        {"prompt": "q2", "responses": ["e", "f"], "source": "b"},
+    ],
 }
 
 
@@ -239,7 +243,8 @@ def test_empty_file_has_no_rows(tmp_path: Path) -> None:
 def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data", EXAMPLES["sft"])
     assert error_of(lambda: load_records(path, "dpo")) == (
-        "unknown record kind 'dpo'; expected one of: prompt, sft, preference, ranking, rating, unpaired, edit"
+        "unknown record kind 'dpo'; expected one of: "
+        "prompt, sft, preference, ranking, rating, unpaired, edit, candidates"
     )
 
 

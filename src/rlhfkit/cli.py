@@ -25,6 +25,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+label_app = typer.Typer(help="Labels for sampled replies (simulated labelers).", no_args_is_help=True)
+app.add_typer(label_app, name="label")
+
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config file (optional: defaults otherwise)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field: key=value (repeatable)")]
 
@@ -41,8 +44,8 @@ def _fields_table(cls: type[BaseModel]) -> str:
     return header + "\n\n" + "\n".join(lines)
 
 
-def stage_command(name: str, config_cls: type[BaseModel], help_text: str) -> Callable:
-    """Register `rlhfkit NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
+def stage_command(name: str, config_cls: type[BaseModel], help_text: str, group: typer.Typer = app) -> Callable:
+    """Register `rlhfkit [GROUP] NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
 
     def register(run: Callable[[Any], Any]) -> Callable:
         def command(
@@ -57,7 +60,7 @@ def stage_command(name: str, config_cls: type[BaseModel], help_text: str) -> Cal
                 typer.secho(str(exc), fg="red", err=True)
                 raise typer.Exit(2) from None
 
-        app.command(name, help=help_text, epilog=_fields_table(config_cls))(command)
+        group.command(name, help=help_text, epilog=_fields_table(config_cls))(command)
         return run
 
     return register

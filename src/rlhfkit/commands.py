@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from rlhfkit.cli import stage_command
+from rlhfkit.cli import label_app, stage_command
+from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.generation.generate import GenerateConfig, generate
+from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
+from rlhfkit.reward.train import RewardConfig, reward
 from rlhfkit.sft.train import SFTConfig, sft
 
 
@@ -24,6 +27,21 @@ def _generate(config: GenerateConfig) -> None:
     print(generate(config))
 
 
+@stage_command("simulate", LabelConfig, "Judge sampled replies with a gold score and a noisy labeler.", label_app)
+def _label_simulate(config: LabelConfig) -> None:
+    print(simulate(config))
+
+
+@stage_command("reward", RewardConfig, "Train a reward model (or ensemble) on preferences, rankings or ratings.")
+def _reward(config: RewardConfig) -> None:
+    reward(config)
+
+
 @stage_command("quickstart", QuickstartConfig, "Run the pipeline offline on the embedded model and data.")
 def _quickstart(config: QuickstartConfig) -> None:
     quickstart(config)
+
+
+@stage_command("dpo", DPOConfig, "Learn straight from preferences: DPO, cDPO, IPO, SLiC hinge, KTO (no reward model).")
+def _dpo(config: DPOConfig) -> None:
+    dpo(config)

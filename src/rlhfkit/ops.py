@@ -29,3 +29,13 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         flat_logits = flat_logits / temperature
     nll = F.cross_entropy(flat_logits, targets.reshape(-1), reduction="none")
     return -nll.view(targets.shape)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each row's last 1 in a (B, T) 0/1 mask -> (B,) int64, whatever the padding side.
+
+    Right padding (1 1 1 0 0), left padding (0 0 1 1 1) and both at once (0 1 1 1 0, a left-padded prompt
+    with a right-padded response) all give the last real token. A row of zeros gives 0.
+    """
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return (positions * mask.bool()).argmax(-1)

@@ -1,7 +1,9 @@
 """`rlhfkit quickstart`: the pipeline so far, offline, in minutes on a laptop CPU.
 
 SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuations of Austen sentence
-openings, with samples for held-out openings printed before and after.
+openings, with samples for held-out openings printed before and after; then K continuations per prompt
+from the SFT model, ranked by a simulated labeler who prefers positive sentiment (VADER), and a reward
+model trained on those rankings, with its accuracy on held-out prompts.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from rich.table import Table
 from rlhfkit import assets
 from rlhfkit.config import Config
 from rlhfkit.data.records import load_records
+from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.sft.train import SFTConfig, sft
 
 console = Console()
@@ -38,6 +43,20 @@ class QuickstartConfig(Config):
     sampling: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(temperature=0.8), description="sampling for the samples shown"
     )
+    reward_prompts: int = Field(1256, ge=2, description="prompts to sample candidates for: demo-prompts, then demo-sft")
+    samples_per_prompt: int = Field(4, ge=2, description="K: candidate continuations per prompt, ranked together")
+    candidates: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(max_new_tokens=16, temperature=1.0),
+        description="sampling of the candidates",
+    )
+    labeler: LabelConfig = Field(
+        default_factory=lambda: LabelConfig(kind="ranking", gold="vader", temperature=0.0, random_prob=0.1),
+        description="the simulated labeler (its candidates and output are set by the quickstart)",
+    )
+    reward: RewardConfig = Field(
+        default_factory=lambda: RewardConfig(epochs=1, learning_rate=1e-3, warmup_steps=5, eval_every=0),
+        description="the reward-model stage (its model and data are set by the quickstart)",
+    )
 
 
 def samples_for(model_path: str, prompts: list[str], config: QuickstartConfig) -> list[str]:
@@ -51,11 +70,11 @@ def quickstart(config: QuickstartConfig) -> None:
     output_dir = Path(config.output_dir)
     sft_config = config.sft.model_copy(update={"output_dir": str(output_dir / "sft")})
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.show]
-    console.rule(f"1/2 SFT of {sft_config.model} on {sft_config.data}")
+    console.rule(f"1/4 SFT of {sft_config.model} on {sft_config.data}")
     before = samples_for(sft_config.model, prompts, config)
     sft_dir = sft(sft_config)
     after = samples_for(str(sft_dir), prompts, config)
-    console.rule("2/2 samples for held-out openings, before and after SFT")
+    console.rule("2/4 samples for held-out openings, before and after SFT")
     table = Table(show_lines=True)
     for column in ("prompt", f"{sft_config.model}", "after SFT"):
         table.add_column(column, overflow="fold")
@@ -68,3 +87,47 @@ def quickstart(config: QuickstartConfig) -> None:
         f"held-out SFT loss: {evals[0]['eval/loss']:.3f} (step 0) -> {evals[-1]['eval/loss']:.3f} "
         f"(step {evals[-1]['step']}); model saved to {sft_dir}"
     )
+    reward_dir = train_reward_model(config, sft_dir)
+    metrics = json.loads((reward_dir / "eval.json").read_text())
+    console.print(
+        f"held-out reward-model accuracy: [bold]{metrics['eval/reward/accuracy']:.3f}[/bold] on "
+        f"{int(metrics['eval/reward/pairs'])} pairs of continuations of prompts it never saw "
+        f"(chance 0.5); model saved to {reward_dir}"
+    )
+
+
+def reward_prompts(count: int) -> list:
+    """The first `count` of the held-out demo prompts followed by the SFT prompts."""
+    pool = [r.prompt for name in ("demo-prompts", "demo-sft") for r in load_records(assets.resolve(name), "prompt")]
+    return pool[:count]
+
+
+def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
+    """Sample K candidates per prompt from the SFT model, rank them with the labeler, train a reward model."""
+    output_dir = Path(config.output_dir)
+    prompts_file = output_dir / "reward-prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in reward_prompts(config.reward_prompts)))
+    k = config.samples_per_prompt
+    console.rule(f"3/4 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
+    candidates = generate(
+        GenerateConfig(
+            model=str(sft_dir),
+            prompts=str(prompts_file),
+            output=str(output_dir / "candidates.jsonl"),
+            num_samples=k,
+            seed=config.seed,
+            sampling=config.candidates,
+        )
+    )
+    labels = simulate(
+        config.labeler.model_copy(update={"candidates": str(candidates), "output": str(output_dir / "labels.jsonl")})
+    )
+    console.rule(f"4/4 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
+    reward_config = config.reward.model_copy(
+        update={
+            "model": str(sft_dir),
+            "heads": {"reward": HeadData(data=str(labels), kind=config.labeler.kind)},
+            "output_dir": str(output_dir / "reward"),
+        }
+    )
+    return reward(reward_config)

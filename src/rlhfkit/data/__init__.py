@@ -5,6 +5,7 @@ from rlhfkit.data.readers import SUPPORTED_FORMATS, DataError, Row, read_rows
 from rlhfkit.data.records import (
     INSTRUCTGPT_FLAGS,
     RECORD_TYPES,
+    CandidatesRecord,
     EditRecord,
     InstructGPTFlag,
     Message,
@@ -23,6 +24,7 @@ __all__ = [
     "INSTRUCTGPT_FLAGS",
     "RECORD_TYPES",
     "SUPPORTED_FORMATS",
+    "CandidatesRecord",
     "DataError",
     "EditRecord",
     "InstructGPTFlag",

@@ -192,6 +192,14 @@ class RankingRecord(Record):
         return ranks
 
 
+class CandidatesRecord(Record):
+    """K >= 2 sampled replies to one prompt, not yet judged: what `rlhfkit generate` writes with K > 1."""
+
+    _text_fields = ("prompt", "responses")
+    prompt: Text
+    responses: list[Text] = Field(min_length=2)
+
+
 class RatingRecord(Record):
     """One reply scored on InstructGPT's 1-7 Likert scale, with optional metadata flags."""
 
@@ -228,6 +236,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "rating": RatingRecord,
     "unpaired": UnpairedRecord,
     "edit": EditRecord,
+    "candidates": CandidatesRecord,
 }
 
 

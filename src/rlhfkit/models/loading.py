@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 from pydantic import Field
 from rich.console import Console
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhfkit import assets
 from rlhfkit.config import Config
@@ -39,6 +46,21 @@ def resolve_model_path(name_or_path: str) -> str:
 
         return str(ensure_smollm2())
     return assets.resolve(name_or_path)
+
+
+# The same function as one fused kernel: GPT-2's "gelu_new" is the tanh GELU written as five element-wise
+# ops; "gelu_pytorch_tanh" is torch's gelu(approximate="tanh"), equal to 1e-6 and ~18% faster per step
+# for tiny-austen on a CPU.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def fused_config(path: str, **overrides) -> PretrainedConfig:
+    """The checkpoint's config (with `overrides`), its activation swapped for a fused equal one if there is one."""
+    config = AutoConfig.from_pretrained(path, **overrides)
+    activation = getattr(config, "activation_function", None)  # the GPT-2 family's name for its MLP activation
+    if activation in FUSED_ACTIVATIONS:
+        config.activation_function = FUSED_ACTIVATIONS[activation]
+    return config
 
 
 def ensure_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -28,26 +28,42 @@ from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
 
 
-class NextTokenLoss(nn.Module):
-    """Wraps a causal LM; forward returns (Σ NLL over trained targets, number of trained targets).
+def lm_parts(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
+    """The backbone (token ids to hidden states) and the output layer of a causal LM, through a peft wrapper."""
+    inner = lm.get_base_model() if isinstance(lm, PeftModel) else lm
+    return inner.base_model, inner.get_output_embeddings()
+
+
+def target_logprobs(
+    backbone: nn.Module,
+    head: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x_t+1 | x_<=t) of every trained target, (N,), and which targets are trained, (B, T-1) bool.
 
     Only the positions whose next token is trained go through the output layer: prompt and padding
-    positions never pay for the (tokens x vocabulary) projection and softmax.
+    positions never pay for the (tokens x vocabulary) projection and softmax. Shared by SFT (a sum over
+    the batch) and the preference losses (a sum per sequence).
     """
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    trained = loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 a training target?
+    logits = head(hidden[:, :-1][trained])  # (N, V) for the N trained targets only
+    return token_logprobs(logits, input_ids[:, 1:][trained]), trained
+
+
+class NextTokenLoss(nn.Module):
+    """Wraps a causal LM; forward returns (Σ NLL over trained targets, number of trained targets)."""
 
     def __init__(self, lm: PreTrainedModel) -> None:
         super().__init__()
         self.lm = lm
-        inner = lm.get_base_model() if isinstance(lm, PeftModel) else lm
         # A tuple, not attributes: registered twice, the weights would be saved under two names.
-        self.parts = (inner.base_model, inner.get_output_embeddings())
+        self.parts = lm_parts(lm)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
-        backbone, head = self.parts
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        trained = loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 a training target?
-        logits = head(hidden[:, :-1][trained])  # (N, V) for the N trained targets only
-        logprobs = token_logprobs(logits, input_ids[:, 1:][trained])
+        logprobs, trained = target_logprobs(*self.parts, input_ids, attention_mask, loss_mask)
         return -logprobs.sum(), trained.sum()
 
 
@@ -59,6 +75,22 @@ class TrainResult:
 
 def total_steps(settings: TrainSettings, order: BatchOrder) -> int:
     return settings.max_steps or max(1, math.ceil(settings.epochs * order.steps_per_epoch))
+
+
+def build_optimizer(
+    model: nn.Module, settings: TrainSettings, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters (LoRA: the adapters only) and the warm-up + decay schedule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel for all tensors instead of several small ops per tensor (about 4x faster on CPU)
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=settings.learning_rate,
+        betas=settings.adam_betas,
+        weight_decay=settings.weight_decay,
+        fused=True,
+    )
+    return optimizer, get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
 
 
 def _all_reduce_sum(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
@@ -129,11 +161,7 @@ def train_causal_lm(
         [len(s.input_ids) for s in train_data], settings.batch_size, settings.seed, settings.group_by_length
     )
     steps = total_steps(settings, order)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=settings.learning_rate, betas=settings.adam_betas, weight_decay=settings.weight_decay
-    )
-    scheduler = get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
+    optimizer, scheduler = build_optimizer(model, settings, steps)
     loss_model, optimizer, scheduler = accelerator.prepare(NextTokenLoss(model), optimizer, scheduler)
     start = resume(accelerator, output_dir) if settings.resume else 0
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,8 +30,20 @@ def progress_bar(enabled: bool = True) -> Progress:
     )
 
 
+@functools.cache
+def _summary_writer() -> type | None:
+    """TensorBoard's SummaryWriter if tensorboard is installed (said once per process if it is not)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        Console(stderr=True).print("tensorboard is not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter
+
+
 class MetricsLog:
-    """Appends one JSON object per logging step to `metrics.jsonl` (main process only).
+    """Appends one JSON object per logging step to `metrics.jsonl` (main process only), and writes the same
+    scalars as TensorBoard events in `tensorboard/` beside it when tensorboard is installed.
 
     A run resumed from step N keeps the lines up to N and drops later ones, which the resumed run
     writes again: the file then reads as one uninterrupted run.
@@ -38,14 +52,28 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_after: int = 0) -> None:
         self.path = path
         self.enabled = enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if resume_after and path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_after]
-            path.write_text("".join(line + "\n" for line in kept))
+        self.tensorboard = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_after and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_after]
+        path.write_text("".join(line + "\n" for line in kept))
+        writer = _summary_writer()
+        if writer is not None:
+            self.tensorboard = writer(str(path.parent / "tensorboard"), purge_step=resume_after + 1)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.flush()  # a killed run keeps what it logged
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()

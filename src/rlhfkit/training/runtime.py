@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from rlhfkit.config import Config, dump_config
 from rlhfkit.training.config import TrainSettings
@@ -16,6 +16,7 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
     """An Accelerator for this process (DDP under `accelerate launch`), with the config saved and echoed."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    set_seed(settings.seed)  # before any model is built: e.g. a new pad token's embedding row is random
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
         # NextTokenLoss only sends trained positions through the output layer; all parameters still

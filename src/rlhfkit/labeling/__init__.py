@@ -1,0 +1,1 @@
+"""Where judgements of replies come from; for now simulated labelers with a gold score and a noise model."""

@@ -1,0 +1,92 @@
+"""Reward-model training data: every kind of judgement as comparisons of replies to one prompt.
+
+A comparison is one batch element: K replies to a prompt, their ranks (1 best, equal ranks tied), a
+margin, and the head it trains. A preference pair is a ranking of two; a K-way ranking stays whole, so
+each reply is forwarded once (InstructGPT, arXiv:2203.02155, section 3.5); ratings become pairs by score.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from rlhfkit import assets
+from rlhfkit.data.convert import ratings_to_pairs
+from rlhfkit.data.records import PreferenceRecord, RankingRecord, RatingRecord, Text, load_records
+
+KINDS = ("preference", "ranking", "rating")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """K >= 2 replies to `prompt`, ranked by a labeler (1 is best, equal ranks are ties)."""
+
+    prompt: Text
+    responses: Sequence[Text]
+    ranks: Sequence[int]
+    margin: float = 0.0  # how much the preferred reply must win by (pairs only; 0: plain Bradley-Terry)
+    head: int = 0  # index of the reward head these labels train
+
+    def pairs(self) -> list[tuple[int, int, bool]]:
+        """(better, worse, tie) index pairs, each unordered pair once, as the loss counts them."""
+        out = []
+        for i in range(len(self.responses)):
+            for j in range(i + 1, len(self.responses)):
+                if self.ranks[i] == self.ranks[j]:
+                    out.append((i, j, True))
+                else:
+                    out.append((i, j, False) if self.ranks[i] < self.ranks[j] else (j, i, False))
+        return out
+
+
+def from_pair(pair: PreferenceRecord, head: int, use_margin: bool) -> Comparison:
+    margin = pair.margin if use_margin and pair.margin is not None and not pair.tie else 0.0
+    return Comparison(pair.prompt, [pair.chosen, pair.rejected], [1, 1 if pair.tie else 2], margin, head)
+
+
+def load_comparisons(path: str, kind: str, head: int = 0, use_margin: bool = False) -> list[Comparison]:
+    """Comparisons from a file of preference, ranking or rating records (ties kept, as 0.5 targets).
+
+    Ratings of replies to the same prompt become pairs by score (equal scores: ties); with `use_margin`,
+    a pair's margin is its score gap, or a preference record's `margin` field.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"a reward model trains on {', '.join(KINDS)} records, not {kind!r}")
+    records = load_records(assets.resolve(path), kind)
+    if kind == "ranking":
+        return [Comparison(r.prompt, r.responses, r.ranks, 0.0, head) for r in records if isinstance(r, RankingRecord)]
+    if kind == "rating":
+        ratings = [r for r in records if isinstance(r, RatingRecord)]
+        pairs = ratings_to_pairs(ratings, include_ties=True, margin_from_score=use_margin)
+    else:
+        pairs = [r for r in records if isinstance(r, PreferenceRecord)]
+    return [from_pair(pair, head, use_margin) for pair in pairs]
+
+
+def prompt_key(prompt: Text) -> Hashable:
+    return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
+
+
+def split_by_prompt(
+    comparisons: list[Comparison], fraction: float, seed: int
+) -> tuple[list[Comparison], list[Comparison]]:
+    """(train, held-out): a seeded `fraction` of the prompts, with all their comparisons, is held out.
+
+    Splitting by prompt, not by row, keeps the pairs of one ranking or one prompt's ratings on one side,
+    so held-out accuracy is measured on prompts the model never trained on.
+    """
+    keys = list(dict.fromkeys(prompt_key(c.prompt) for c in comparisons))
+    random.Random(seed).shuffle(keys)
+    n_held = max(1, round(fraction * len(keys))) if fraction > 0 else 0
+    held = set(keys[:n_held])
+    return (
+        [c for c in comparisons if prompt_key(c.prompt) not in held],
+        [c for c in comparisons if prompt_key(c.prompt) in held],
+    )
+
+
+def bootstrap(comparisons: list[Comparison], seed: int) -> list[Comparison]:
+    """A resample of the same size, drawn with replacement: one ensemble member's training set."""
+    rng = random.Random(seed)
+    return [comparisons[rng.randrange(len(comparisons))] for _ in comparisons]

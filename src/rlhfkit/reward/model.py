@@ -1,0 +1,269 @@
+"""The reward model r(x, y): a backbone, one scalar per named head, and a gain and bias per head.
+
+Two backbones. `causal_lm`: any causal LM's transformer (no LM head) with a linear head read at the
+last real token, found from the attention mask, so left, right or two-sided padding give the same
+reward; positions are counted from the mask too. `sequence_classification`: any
+AutoModelForSequenceClassification with one label per head, which pools as it was built to (the last
+non-pad token for decoders, [CLS] for encoders such as MiniLM).
+
+Heads (e.g. helpful, honest, harmless) share the backbone and are trained on their own labels; the
+reward used downstream is Σ_h w_h·r_h with weights chosen at use time. After training, each head gets
+a gain and bias so that its rewards on a reference sample have mean 0 and std 1 (Ziegler et al. 2019,
+arXiv:1909.08593, section 2.2).
+
+A saved model is a directory: the backbone's and tokenizer's `save_pretrained` files, the head weights
+(`reward_head.safetensors`, causal_lm only) and `reward_model.json` (backbone kind, head names, default
+weights, gain, bias, max_length). It is what `rlhfkit.load_reward_model` and the PPO stage read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from rlhfkit.data.records import Message, Text
+from rlhfkit.models.loading import LoraSettings, fused_config, load_tokenizer, resolve_model_path
+from rlhfkit.ops import last_index
+
+Backbone = Literal["causal_lm", "sequence_classification"]
+CONFIG_FILE = "reward_model.json"
+HEAD_FILE = "reward_head.safetensors"
+
+
+@dataclass(frozen=True)
+class RewardScores:
+    """What `score()` returns for N (prompt, response) pairs."""
+
+    reward: torch.Tensor  # (N,) Σ_h w_h·r_h of the normalised head rewards (ensembles: mean over members)
+    std: torch.Tensor  # (N,) standard deviation of that reward over ensemble members (zeros for one model)
+    heads: dict[str, torch.Tensor]  # head name -> (N,) normalised reward (ensembles: mean over members)
+
+
+def pad_sequences(
+    sequences: list[list[int]], pad_id: int, side: Literal["left", "right"] = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, longest), padded on `side`."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+def combine(heads: torch.Tensor, names: list[str], weights: dict[str, float]) -> torch.Tensor:
+    """Σ_h w_h·r_h: (N, H) head rewards -> (N,); heads missing from `weights` get weight 0."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"no reward head named {', '.join(unknown)}; the heads are {', '.join(names)}")
+    w = torch.tensor([float(weights.get(name, 0.0)) for name in names], dtype=heads.dtype)
+    return heads @ w
+
+
+class RewardModel(nn.Module):
+    """r(x, y) for each named head; `forward` gives raw head outputs, `score` the normalised reward."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        heads: list[str],
+        kind: Backbone = "causal_lm",
+        max_length: int = 512,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(set(heads)) != len(heads) or not heads:
+            raise ValueError(f"reward heads need distinct names, got {heads}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.head_names = list(heads)
+        self.max_length = max_length
+        self.weights = dict(weights) if weights is not None else {name: 1.0 for name in heads}
+        self.head: nn.Linear | None = None
+        if kind == "causal_lm":
+            hidden = backbone.config.get_text_config().hidden_size
+            self.head = nn.Linear(hidden, len(heads))
+            # A small random head (std 1/√(d+1)): initial rewards near 0 whatever the width.
+            nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
+            nn.init.zeros_(self.head.bias)
+        self.register_buffer("gain", torch.ones(len(heads)))
+        self.register_buffer("bias", torch.zeros(len(heads)))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        heads: list[str],
+        kind: Backbone = "causal_lm",
+        max_length: int = 512,
+        weights: dict[str, float] | None = None,
+        lora: LoraSettings | None = None,
+    ) -> RewardModel:
+        """A new reward model on a pretrained backbone (an rlhfkit name, local path or hub id)."""
+        tokenizer = load_tokenizer(name_or_path)
+        path = resolve_model_path(name_or_path)
+        if kind == "causal_lm":
+            backbone = AutoModel.from_pretrained(path, config=fused_config(path), dtype=torch.float32)
+        else:
+            labels = dict(enumerate(heads))
+            config = fused_config(
+                path, num_labels=len(heads), id2label=labels, label2id={v: k for k, v in labels.items()}
+            )
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        if len(tokenizer) > backbone.get_input_embeddings().weight.shape[0]:
+            backbone.resize_token_embeddings(len(tokenizer))
+        backbone.config.pad_token_id = tokenizer.pad_token_id  # decoders' classification heads pool with it
+        if lora is not None and lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            task = "FEATURE_EXTRACTION" if kind == "causal_lm" else "SEQ_CLS"  # SEQ_CLS also trains the classifier
+            backbone = get_peft_model(
+                backbone,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type=task,
+                ),
+            )
+        return cls(backbone, tokenizer, heads, kind, max_length, weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.gain.device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) head outputs: (B, T) ids and 0/1 mask -> (B, H)."""
+        if self.head is None:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # 0, 1, 2, ... over the real tokens only
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state  # (B, T, D)
+        last = last_index(attention_mask)  # (B,)
+        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])  # (B, H)
+
+    def encode(self, prompt: Text, response: Text) -> list[int]:
+        """Token ids of prompt + response, as the model reads them, at most `max_length` long.
+
+        causal_lm: prompt tokens, then response tokens and EOS, so the reward is read at the EOS that
+        follows the whole reply; too long a sequence loses its start (the read token must stay).
+        sequence_classification: the tokenizer's own text-pair encoding ([CLS] p [SEP] r [SEP] for BERT)
+        and truncation. Chat prompts go through the chat template with the reply as the assistant turn.
+        """
+        tok = self.tokenizer
+        if not isinstance(prompt, str):
+            turns = [_as_dict(m) for m in prompt]
+            turns += (
+                [_as_dict(m) for m in response]
+                if not isinstance(response, str)
+                else [{"role": "assistant", "content": response}]
+            )
+            text = tok.apply_chat_template(turns, tokenize=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        elif self.kind == "causal_lm":
+            ids = (
+                tok(prompt)["input_ids"] + tok(response + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+            )
+        else:
+            return tok(prompt, response, truncation=True, max_length=self.max_length)["input_ids"]
+        return ids[-self.max_length :] if self.kind == "causal_lm" else ids[: self.max_length]
+
+    def collate(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (input_ids, attention_mask) on the model's device."""
+        ids, mask = pad_sequences(sequences, self.tokenizer.pad_token_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def rewards(
+        self, prompts: list[Text], responses: list[Text], normalized: bool = True, batch_size: int = 32
+    ) -> torch.Tensor:
+        """(N, H) head rewards, normalised (gain·r + bias) or raw; batched by length, any N."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        was_training = self.training
+        self.eval()
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out = torch.zeros(len(encoded), len(self.head_names))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self(*self.collate([encoded[i] for i in rows])).float().cpu()
+        self.train(was_training)
+        return out * self.gain.cpu() + self.bias.cpu() if normalized else out
+
+    def score(
+        self, prompts: list[Text], responses: list[Text], weights: dict[str, float] | None = None
+    ) -> RewardScores:
+        """The reward Σ_h w_h·r_h of each (prompt, response), weights defaulting to the saved ones."""
+        heads = self.rewards(prompts, responses)
+        reward = combine(heads, self.head_names, self.weights if weights is None else weights)
+        return RewardScores(reward, torch.zeros_like(reward), dict(zip(self.head_names, heads.T, strict=True)))
+
+    def fit_normalization(self, prompts: list[Text], responses: list[Text]) -> None:
+        """Set gain and bias so that each head's rewards on this reference sample have mean 0, std 1."""
+        raw = self.rewards(prompts, responses, normalized=False)  # (N, H)
+        mean = raw.mean(0)
+        std = raw.std(0) if raw.shape[0] > 1 else torch.ones_like(mean)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant head is only centred
+        self.gain.copy_(1 / std)
+        self.bias.copy_(-mean / std)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the directory described in the module docstring; LoRA adapters are merged first."""
+        from peft import PeftModel
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.backbone, PeftModel):
+            self.backbone = self.backbone.merge_and_unload()
+        self.backbone.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        if self.head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_FILE)
+        about = {
+            "backbone": self.kind,
+            "heads": self.head_names,
+            "weights": self.weights,
+            "gain": self.gain.tolist(),
+            "bias": self.bias.tolist(),
+            "max_length": self.max_length,
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(about, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardModel:
+        """A model written by `save`."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{path}: not a reward model directory (no {CONFIG_FILE})")
+        about = json.loads((path / CONFIG_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if about["backbone"] == "causal_lm":
+            backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        else:
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        model = cls(backbone, tokenizer, about["heads"], about["backbone"], about["max_length"], about["weights"])
+        if model.head is not None:
+            model.head.load_state_dict(load_file(path / HEAD_FILE))
+        model.gain.copy_(torch.tensor(about["gain"]))
+        model.bias.copy_(torch.tensor(about["bias"]))
+        return model.eval()
+
+
+def _as_dict(message: Message | dict) -> dict:
+    return message.model_dump() if isinstance(message, Message) else dict(message)
