@@ -25,26 +25,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import psutil
 import torch
-import yaml
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft import in_subprocess, trl_overrides, versions, warn_if_busy
+from common import (
+    add_run_args,
+    check_run_args,
+    environment,
+    peak_rss_mib,
+    print_table,
+    print_verdict,
+    recording,
+    rlhfkit_config,
+    rlhfkit_step_times,
+    run_rounds,
+    step_clock,
+    timed_window,
+    trl_args,
+    warn_if_busy,
+    write_record,
+)
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "dpo.json"
 TARGET_RATIO = 2.0
@@ -110,16 +121,14 @@ class Memory:
     def step_done(self) -> None:
         if not self.after_first_step_mib:
             self.after_first_step_mib = psutil.Process().memory_info().rss / 2**20
-        self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.peak_mib = peak_rss_mib()
 
 
 def measure(
     trainer: str, times: list[float], positions: list[int], settings: Settings, memory: Memory, setup: dict
 ) -> SideResult:
     """Throughput between the end of step `warmup` and the end of step `warmup + steps` (1-based steps)."""
-    if len(times) != settings.total_steps or len(positions) < settings.total_steps:
-        raise RuntimeError(f"{trainer}: {len(times)} step times, {len(positions)} batches; want {settings.total_steps}")
-    seconds = times[-1] - times[settings.warmup - 1]
+    seconds, step_seconds = timed_window(trainer, times, len(positions), settings)
     pairs = settings.batch_size * settings.steps
     return SideResult(
         trainer=trainer,
@@ -130,13 +139,12 @@ def measure(
         peak_rss_mib=memory.peak_mib,
         rss_after_first_step_mib=memory.after_first_step_mib,
         setup_seconds=setup,
-        step_seconds=[b - a for a, b in pairwise(times[settings.warmup - 1 :])],
+        step_seconds=step_seconds,
     )
 
 
 def run_rlhfkit(settings: Settings) -> SideResult:
     """`rlhfkit dpo` with its defaults, no held-out split, a timestamp per optimizer step."""
-    from rlhfkit.config import load_config
     from rlhfkit.dpo import reference, train
     from rlhfkit.dpo.train import DPOConfig, dpo
 
@@ -172,85 +180,47 @@ def run_rlhfkit(settings: Settings) -> SideResult:
         return wrapped
 
     with tempfile.TemporaryDirectory() as out:
-        base = {
-            "model": settings.model_path,
+        fields = {
             "data": settings.data,
-            "max_length": settings.max_length,
             "batch_size": settings.batch_size,
             "micro_batch_size": settings.batch_size,
             "beta": settings.beta,
-            "learning_rate": settings.learning_rate,
             "lr_schedule": "linear",  # TRL's default; the schedule does not change the speed
-            "max_steps": settings.total_steps,
-            "log_every": 1,
-            "eval_every": 0,
-            "eval_fraction": 0.0,  # no held-out split: no evaluation, and all 1000 pairs train, as in TRL
-            "output_dir": out,
             "ref_cache_dir": str(Path(out) / "ref-cache"),  # a fresh cache: the reference pass runs
-            "seed": settings.seed,
-            "num_threads": settings.threads,
         }
-        config_file = Path(out) / "bench.yaml"
-        config_file.write_text(yaml.safe_dump(base))
-        config = load_config(DPOConfig, config_file, list(settings.rlhfkit_set))
+        config = rlhfkit_config(DPOConfig, out, settings, fields)
         with (
             mock.patch.object(train, "score", recorded_score),
             mock.patch.object(reference, "sequence_logps", timed_reference_pass),
             mock.patch.object(train, "optimizer_step", after_step(train.optimizer_step, first_call_too=False)),
-            mock.patch.object(train, "save_model", after_step(train.save_model, first_call_too=True)),
+            mock.patch.object(train, "finish_run", after_step(train.finish_run, first_call_too=True)),
         ):
             dpo(config)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return measure("rlhfkit", [r["time"] for r in rows if r["step"] >= 1], positions, settings, memory, setup)
+        times = rlhfkit_step_times(out)
+    return measure("rlhfkit", times, positions, settings, memory, setup)
 
 
 def run_trl(settings: Settings) -> SideResult:
     """TRL's `DPOTrainer` with its defaults, minus bf16, gradient checkpointing, logging, saving and eval."""
     from datasets import load_dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from rlhfkit.models.loading import load_model, load_tokenizer
 
     memory = Memory()
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.times.append(time.time())
-            memory.step_done()
-
     torch.set_num_threads(settings.threads)
     tokenizer = load_tokenizer(settings.model_path)
     model = load_model(settings.model_path, tokenizer)
     dataset = load_dataset("json", data_files=settings.data, split="train")
-    clock = StepClock()
+    clock = step_clock(memory.step_done)
     positions: list[int] = []
     with tempfile.TemporaryDirectory() as out:
-        base = {
-            "output_dir": out,
-            "max_length": settings.max_length,
+        fields = {
             "beta": settings.beta,
             "loss_type": ["sigmoid"],
             "precompute_ref_log_probs": False,  # TRL's default, stated: a reference copy runs every step
-            "per_device_train_batch_size": settings.batch_size,
-            "gradient_accumulation_steps": 1,
-            "learning_rate": settings.learning_rate,
-            "max_steps": settings.total_steps,
-            "seed": settings.seed,
-            "bf16": False,
-            "fp16": False,
-            "gradient_checkpointing": False,
-            "use_cpu": True,
-            "report_to": [],
-            "save_strategy": "no",
-            "eval_strategy": "no",
-            "logging_steps": settings.total_steps + 1,
-            "dataloader_num_workers": 0,
         }
-        args = DPOConfig(**base | trl_overrides(settings.trl_set))
+        args = DPOConfig(**trl_args(out, settings, settings.batch_size, fields))
         # TRL's default reference is a second copy of the model, re-read from its path; it is loaded here by the
         # same loader as the policy, so its embeddings match a tokenizer that gained a pad token.
         ref_model = None if args.precompute_ref_log_probs else load_model(settings.model_path, tokenizer)
@@ -262,14 +232,8 @@ def run_trl(settings: Settings) -> SideResult:
             processing_class=tokenizer,
             callbacks=[clock],
         )
-        collate = trainer.data_collator
-
-        def recorded_collate(*a: Any, **k: Any) -> Any:
-            batch = collate(*a, **k)
-            positions.append(batch["input_ids"].numel())  # (2 x batch, width): chosen rows, then rejected
-            return batch
-
-        trainer.data_collator = recorded_collate
+        # (2 x batch, width): chosen rows, then rejected
+        trainer.data_collator = recording(trainer.data_collator, positions, lambda batch: batch["input_ids"].numel())
         trainer.train()
     return measure("TRL", clock.times, positions, settings, memory, {})
 
@@ -278,26 +242,24 @@ RUNNERS: dict[str, Callable[[Settings], SideResult]] = {"TRL": run_trl, "rlhfkit
 
 
 def report(console: Console, results: dict[str, SideResult], ratio: float) -> None:
-    table = Table(title="DPO training throughput (timed steps only) and memory")
-    columns = ["trainer", "pairs/s", "s/step", "positions/pair", "peak RSS MiB", "RSS after step 1 MiB"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "trainer" else "right")
-    for name, r in results.items():
-        table.add_row(
+    rows = [
+        [
             name,
             f"{r.pairs_per_s:.2f}",
             f"{r.seconds / len(r.step_seconds):.3f}",
             f"{r.positions_per_pair:.1f}",
             f"{r.peak_rss_mib:.0f}",
             f"{r.rss_after_first_step_mib:.0f}",
-        )
-    console.print(table)
+        ]
+        for name, r in results.items()
+    ]
+    columns = ["trainer", "pairs/s", "s/step", "positions/pair", "peak RSS MiB", "RSS after step 1 MiB"]
+    print_table(console, "DPO training throughput (timed steps only) and memory", columns, rows)
     if "reference_pass" in results["rlhfkit"].setup_seconds:
         console.print(
             f"rlhfkit's one-off reference pass (untimed): {results['rlhfkit'].setup_seconds['reference_pass']:.1f} s"
         )
-    verdict = "[green]met" if ratio >= TARGET_RATIO else "[red]not met"
-    console.print(f"rlhfkit / TRL pairs/s: [bold]{ratio:.2f}x[/] (target >= {TARGET_RATIO}x: {verdict}[/])")
+    print_verdict(console, "pairs/s", ratio, TARGET_RATIO)
 
 
 def parse_args() -> argparse.Namespace:
@@ -308,28 +270,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step (no accumulation)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--learning-rate", type=float, default=1e-5)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first (at least 1)")
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads on both sides")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--rlhfkit-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of rlhfkit's DPOConfig, e.g. group_by_length=false (repeatable)",
-    )
-    parser.add_argument(
-        "--trl-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of TRL's DPOConfig, e.g. precompute_ref_log_probs=true (repeatable)",
-    )
+    add_run_args(parser, "DPOConfig", "group_by_length=false", "precompute_ref_log_probs=true", rounds=False)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON result file")
     args = parser.parse_args()
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
+    check_run_args(parser, args)
     return args
 
 
@@ -357,10 +301,8 @@ def main() -> None:
         )
         load_before = os.getloadavg()
         warn_if_busy(console, load_before[0], settings.threads)
-        results: dict[str, SideResult] = {}
-        for name, runner in RUNNERS.items():
-            console.rule(name)
-            results[name] = in_subprocess(runner, settings)
+        runs = run_rounds(console, RUNNERS, settings, rounds=1, numbered=False)  # TRL first, then rlhfkit
+        results = {name: only for name, (only,) in runs.items()}
     ratio = results["rlhfkit"].pairs_per_s / results["TRL"].pairs_per_s
     report(console, results, ratio)
     record = {
@@ -373,17 +315,9 @@ def main() -> None:
         "isolation": "one spawned subprocess per trainer, TRL first, then rlhfkit",
         "pairs_per_s": {name: r.pairs_per_s for name, r in results.items()},
         "runs": {name: asdict(r) for name, r in results.items()},
-        "versions": versions(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **environment(load_before),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
-    console.print(f"wrote {args.output}")
+    write_record(console, args.output, record)
 
 
 if __name__ == "__main__":

@@ -28,25 +28,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import torch
-import yaml
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft import in_subprocess, round_order, trl_overrides, versions, warn_if_busy
+from common import (
+    add_run_args,
+    check_run_args,
+    environment,
+    median_run,
+    peak_rss_mib,
+    print_table,
+    print_verdict,
+    recording,
+    rlhfkit_config,
+    rlhfkit_step_times,
+    round_order,
+    run_rounds,
+    step_clock,
+    timed_window,
+    trl_args,
+    warn_if_busy,
+    write_record,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.5
@@ -122,11 +133,7 @@ def make_data(folder: Path, n: int, k: int) -> tuple[Path, Path]:
 
 def measure(trainer: str, times: list[float], positions: list[int], settings: Settings) -> SideResult:
     """Throughput between the end of step `warmup` and the end of step `warmup + steps` (1-based steps)."""
-    if len(times) != settings.total_steps or len(positions) < settings.total_steps:
-        raise RuntimeError(
-            f"{trainer}: got {len(times)} step times and {len(positions)} batches, expected {settings.total_steps}"
-        )
-    seconds = times[-1] - times[settings.warmup - 1]
+    seconds, step_seconds = timed_window(trainer, times, len(positions), settings)
     pairs = settings.steps * settings.pairs_per_step(trainer)
     return SideResult(
         trainer=trainer,
@@ -134,67 +141,40 @@ def measure(trainer: str, times: list[float], positions: list[int], settings: Se
         pairs=pairs,
         pairs_per_s=pairs / seconds,
         positions_per_pair=sum(positions[settings.warmup : settings.total_steps]) / pairs,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        step_seconds=[b - a for a, b in pairwise(times[settings.warmup - 1 :])],
+        peak_rss_mib=peak_rss_mib(),
+        step_seconds=step_seconds,
     )
 
 
 def run_rlhfkit(settings: Settings) -> SideResult:
     """`rlhfkit reward` with its defaults, no held-out split and no normalisation, a timestamp per step."""
-    from rlhfkit.config import load_config
     from rlhfkit.reward import train
     from rlhfkit.reward.train import RewardConfig, reward
 
     torch.set_num_threads(settings.threads)
     positions: list[int] = []
-    collate = train.collate
-
-    def recorded_collate(*args: Any, **kwargs: Any) -> Any:
-        batch = collate(*args, **kwargs)
-        positions.append(batch.positions)
-        return batch
-
     with tempfile.TemporaryDirectory() as out:
-        base = {
-            "model": settings.model_path,
+        fields = {
             "heads": {"reward": {"data": settings.data, "kind": "preference" if settings.k == 2 else "ranking"}},
-            "max_length": settings.max_length,
             "batch_size": settings.comparisons_per_step,
             "micro_batch_size": settings.comparisons_per_step,
-            "learning_rate": settings.learning_rate,
             "lr_schedule": "linear",  # TRL's default; the schedule does not change the speed
-            "max_steps": settings.total_steps,
-            "log_every": 1,
-            "eval_every": 0,
-            "eval_fraction": 0.0,  # no held-out split: no evaluation, and all pairs train, as in TRL
             "normalize_samples": 0,  # no normalisation pass after training (outside the window anyway)
-            "output_dir": out,
-            "seed": settings.seed,
-            "num_threads": settings.threads,
         }
-        config_file = Path(out) / "bench.yaml"
-        config_file.write_text(yaml.safe_dump(base))
-        config = load_config(RewardConfig, config_file, list(settings.rlhfkit_set))
-        with mock.patch.object(train, "collate", recorded_collate):
+        config = rlhfkit_config(RewardConfig, out, settings, fields)
+        with mock.patch.object(train, "collate", recording(train.collate, positions, lambda batch: batch.positions)):
             reward(config)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return measure("rlhfkit", [r["time"] for r in rows if r["step"] >= 1], positions, settings)
+        times = rlhfkit_step_times(out)
+    return measure("rlhfkit", times, positions, settings)
 
 
 def run_trl(settings: Settings) -> SideResult:
     """TRL's `RewardTrainer` with its defaults, minus bf16, gradient checkpointing, logging, saving and eval."""
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from rlhfkit.models.loading import load_tokenizer
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.times.append(time.time())
 
     torch.set_num_threads(settings.threads)
     tokenizer = load_tokenizer(settings.model_path)
@@ -203,41 +183,17 @@ def run_trl(settings: Settings) -> SideResult:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     dataset = load_dataset("json", data_files=settings.pairs_data, split="train")
-    clock = StepClock()
+    clock = step_clock()
     positions: list[int] = []
     with tempfile.TemporaryDirectory() as out:
-        base = {
-            "output_dir": out,
-            "max_length": settings.max_length,
-            "per_device_train_batch_size": settings.batch_size,
-            "gradient_accumulation_steps": 1,
-            "learning_rate": settings.learning_rate,
-            "max_steps": settings.total_steps,
-            "seed": settings.seed,
-            "bf16": False,
-            "fp16": False,
-            "gradient_checkpointing": False,
-            "use_cpu": True,
-            "report_to": [],
-            "save_strategy": "no",
-            "eval_strategy": "no",
-            "logging_steps": settings.total_steps + 1,
-            "dataloader_num_workers": 0,
-        }
-        args = RewardConfig(**base | trl_overrides(settings.trl_set))
+        args = RewardConfig(**trl_args(out, settings, settings.batch_size, {}))
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[clock]
         )
         if len(trainer.train_dataset) != len(dataset):
             raise RuntimeError(f"TRL dropped {len(dataset) - len(trainer.train_dataset)} pairs longer than max_length")
-        collate = trainer.data_collator
-
-        def recorded_collate(*a: Any, **k: Any) -> Any:
-            batch = collate(*a, **k)
-            positions.append(batch["input_ids"].numel())  # (2 x batch, width): chosen rows, then rejected
-            return batch
-
-        trainer.data_collator = recorded_collate
+        # (2 x batch, width): chosen rows, then rejected
+        trainer.data_collator = recording(trainer.data_collator, positions, lambda batch: batch["input_ids"].numel())
         trainer.train()
     return measure("TRL", clock.times, positions, settings)
 
@@ -245,27 +201,26 @@ def run_trl(settings: Settings) -> SideResult:
 RUNNERS: dict[str, Callable[[Settings], SideResult]] = {"TRL": run_trl, "rlhfkit": run_rlhfkit}
 
 
-def median_run(runs: list[SideResult]) -> SideResult:
-    """The run with the median pairs/s (the lower middle one for an even count)."""
-    return sorted(runs, key=lambda r: r.pairs_per_s)[(len(runs) - 1) // 2]
+def pairs_per_s(run: SideResult) -> float:
+    return run.pairs_per_s
 
 
 def report(console: Console, results: dict[str, list[SideResult]], ratio: float) -> None:
-    table = Table(title="Reward-model training throughput (timed steps only; median run)")
-    for column in ["trainer", "pairs/s", "s/step", "positions/pair", "peak RSS MiB"]:
-        table.add_column(column, justify="left" if column == "trainer" else "right")
+    rows = []
     for name, runs in results.items():
-        r = median_run(runs)
-        table.add_row(
-            name,
-            f"{r.pairs_per_s:.2f}",
-            f"{r.seconds / len(r.step_seconds):.3f}",
-            f"{r.positions_per_pair:.1f}",
-            f"{r.peak_rss_mib:.0f}",
+        r = median_run(runs, pairs_per_s)
+        rows.append(
+            [
+                name,
+                f"{r.pairs_per_s:.2f}",
+                f"{r.seconds / len(r.step_seconds):.3f}",
+                f"{r.positions_per_pair:.1f}",
+                f"{r.peak_rss_mib:.0f}",
+            ]
         )
-    console.print(table)
-    verdict = "[green]met" if ratio >= TARGET_RATIO else "[red]not met"
-    console.print(f"rlhfkit / TRL pairs/s: [bold]{ratio:.2f}x[/] (target >= {TARGET_RATIO}x: {verdict}[/])")
+    columns = ["trainer", "pairs/s", "s/step", "positions/pair", "peak RSS MiB"]
+    print_table(console, "Reward-model training throughput (timed steps only; median run)", columns, rows)
+    print_verdict(console, "pairs/s", ratio, TARGET_RATIO)
 
 
 def parse_args() -> argparse.Namespace:
@@ -278,29 +233,10 @@ def parse_args() -> argparse.Namespace:
         "--batch-size", type=int, default=16, help="TRL's pairs per step; rlhfkit: as many replies (no accumulation)"
     )
     parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first (at least 1)")
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads on both sides")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat both trainers, alternating who goes first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--rlhfkit-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of rlhfkit's RewardConfig, e.g. group_by_length=false (repeatable)",
-    )
-    parser.add_argument(
-        "--trl-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of TRL's RewardConfig (repeatable)",
-    )
+    add_run_args(parser, "RewardConfig", "group_by_length=false", "", rounds=True)
     parser.add_argument("--output", type=Path, help="JSON result file (default: bench/results/reward[-kK].json)")
     args = parser.parse_args()
-    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
-        parser.error("--warmup, --steps and --rounds must be at least 1")
+    check_run_args(parser, args)
     if args.k < 2 or (2 * args.batch_size) % args.k:
         parser.error("--k must be at least 2 and divide 2 x --batch-size")
     return args
@@ -332,12 +268,10 @@ def main() -> None:
         )
         load_before = os.getloadavg()
         warn_if_busy(console, load_before[0], settings.threads)
-        results: dict[str, list[SideResult]] = {name: [] for name in RUNNERS}
-        for index in range(args.rounds):
-            for name in round_order(index):
-                console.rule(f"round {index + 1}/{args.rounds}: {name}")
-                results[name].append(in_subprocess(RUNNERS[name], settings))
-    ratio = median_run(results["rlhfkit"]).pairs_per_s / median_run(results["TRL"]).pairs_per_s
+        results = run_rounds(console, RUNNERS, settings, args.rounds)
+    ratio = pairs_per_s(median_run(results["rlhfkit"], pairs_per_s)) / pairs_per_s(
+        median_run(results["TRL"], pairs_per_s)
+    )
     report(console, results, ratio)
     record = {
         "benchmark": "reward",
@@ -348,20 +282,11 @@ def main() -> None:
         "device": "cpu",
         "isolation": "one spawned subprocess per trainer run, run one after the other",
         "order": [round_order(i) for i in range(args.rounds)],
-        "pairs_per_s": {name: median_run(runs).pairs_per_s for name, runs in results.items()},
+        "pairs_per_s": {name: median_run(runs, pairs_per_s).pairs_per_s for name, runs in results.items()},
         "runs": {name: [asdict(r) for r in runs] for name, runs in results.items()},
-        "versions": versions(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **environment(load_before),
     }
-    output = args.output or RESULTS / ("reward.json" if args.k == 2 else f"reward-k{args.k}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n")
-    console.print(f"wrote {output}")
+    write_record(console, args.output or RESULTS / ("reward.json" if args.k == 2 else f"reward-k{args.k}.json"), record)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
+import json
 from pathlib import Path
 
 import pytest
 
 from rlhfkit.cli import main
+from rlhfkit.quickstart import best_vs_worst
 
 
 @pytest.mark.slow
@@ -25,6 +27,14 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
                 "candidates.max_new_tokens=8",
                 "--set",
                 "reward.max_steps=2",
+                "--set",
+                "dpo.max_steps=2",
+                "--set",
+                f"dpo.ref_cache_dir={tmp_path / 'ref-cache'}",
+                "--set",
+                "eval_prompts=8",
+                "--set",
+                "evaluation.max_new_tokens=6",
             ]
         )
     assert exit_info.value.code == 0
@@ -34,3 +44,16 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
     assert "held-out reward-model accuracy" in out
     assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 16  # one ranking of 4 per prompt
     assert (tmp_path / "reward" / "reward_model.json").exists() and (tmp_path / "reward" / "eval.json").exists()
+    assert (tmp_path / "dpo" / "model.safetensors").exists()
+    assert "KL to SFT" in out and "DPO" in out
+
+
+def test_best_vs_worst_takes_one_pair_per_ranking_and_skips_all_ties(tmp_path: Path):
+    rankings = tmp_path / "labels.jsonl"
+    rows = [
+        {"prompt": "p1", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]},
+        {"prompt": "p2", "responses": ["x", "y"], "ranks": [1, 1]},
+    ]
+    rankings.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = [json.loads(line) for line in best_vs_worst(rankings, tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pairs == [{"prompt": "p1", "chosen": "b", "rejected": "c"}]

@@ -3,7 +3,8 @@
 SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuations of Austen sentence
 openings, with samples for held-out openings printed before and after; then K continuations per prompt
 from the SFT model, ranked by a simulated labeler who prefers positive sentiment (VADER), and a reward
-model trained on those rankings, with its accuracy on held-out prompts.
+model trained on those rankings, with its accuracy on held-out prompts; then DPO on the best-vs-worst pair
+of each ranking, and a table of gold sentiment, KL to the SFT model and diversity for SFT and DPO.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from rich.table import Table
 from rlhfkit import assets
 from rlhfkit.config import Config
 from rlhfkit.data.records import load_records
+from rlhfkit.dpo.train import DPOConfig, dpo
+from rlhfkit.evaluation.policy import evaluate_policy
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
-from rlhfkit.labeling.simulated import LabelConfig, simulate
+from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.sft.train import SFTConfig, sft
@@ -57,6 +60,15 @@ class QuickstartConfig(Config):
         default_factory=lambda: RewardConfig(epochs=1, learning_rate=1e-3, warmup_steps=5, eval_every=0),
         description="the reward-model stage (its model and data are set by the quickstart)",
     )
+    dpo: DPOConfig = Field(
+        default_factory=lambda: DPOConfig(epochs=1, learning_rate=1e-4, eval_every=0, log_every=10),
+        description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
+    )
+    eval_prompts: int = Field(256, ge=1, description="held-out prompts for the gold/KL table")
+    evaluation: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
+        description="sampling for the gold/KL table on the held-out prompts (temperature 1: unbiased KL)",
+    )
 
 
 def samples_for(model_path: str, prompts: list[str], config: QuickstartConfig) -> list[str]:
@@ -70,11 +82,11 @@ def quickstart(config: QuickstartConfig) -> None:
     output_dir = Path(config.output_dir)
     sft_config = config.sft.model_copy(update={"output_dir": str(output_dir / "sft")})
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.show]
-    console.rule(f"1/4 SFT of {sft_config.model} on {sft_config.data}")
+    console.rule(f"1/5 SFT of {sft_config.model} on {sft_config.data}")
     before = samples_for(sft_config.model, prompts, config)
     sft_dir = sft(sft_config)
     after = samples_for(str(sft_dir), prompts, config)
-    console.rule("2/4 samples for held-out openings, before and after SFT")
+    console.rule("2/5 samples for held-out openings, before and after SFT")
     table = Table(show_lines=True)
     for column in ("prompt", f"{sft_config.model}", "after SFT"):
         table.add_column(column, overflow="fold")
@@ -94,6 +106,51 @@ def quickstart(config: QuickstartConfig) -> None:
         f"{int(metrics['eval/reward/pairs'])} pairs of continuations of prompts it never saw "
         f"(chance 0.5); model saved to {reward_dir}"
     )
+    console.rule("5/5 DPO on the best-vs-worst pair of each ranking; gold sentiment and KL on held-out prompts")
+    dpo_dir = dpo(
+        config.dpo.model_copy(
+            update={
+                "model": str(sft_dir),
+                "data": str(best_vs_worst(output_dir / "labels.jsonl", output_dir / "dpo-pairs.jsonl")),
+                "output_dir": str(output_dir / "dpo"),
+            }
+        )
+    )
+    print_policy_table(config, {"SFT": sft_dir, "DPO": dpo_dir}, reference=sft_dir)
+
+
+def best_vs_worst(rankings: Path, output: Path) -> Path:
+    """One preference pair per ranking: its best reply against its worst (rankings that are all ties are skipped)."""
+    with output.open("w") as f:
+        for line in rankings.read_text().splitlines():
+            row = json.loads(line)
+            best, worst = row["ranks"].index(min(row["ranks"])), row["ranks"].index(max(row["ranks"]))
+            if row["ranks"][best] != row["ranks"][worst]:
+                pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
+                f.write(json.dumps(pair) + "\n")
+    return output
+
+
+def print_policy_table(config: QuickstartConfig, policies: dict[str, Path], reference: Path) -> None:
+    """Gold (VADER) score, KL to the reference and distinct-2 of fresh samples for held-out prompts."""
+    prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.eval_prompts]
+    tokenizer = load_tokenizer(str(reference))
+    ref_model = load_model(str(reference), tokenizer).eval()
+    table = Table(title=f"{len(prompts)} held-out prompts, {config.evaluation.max_new_tokens} new tokens, T=1")
+    for column in ("policy", "gold (VADER) mean", "positive", "KL to SFT (nats/token)", "distinct-2"):
+        table.add_column(column, justify="right")
+    for name, path in policies.items():
+        torch.manual_seed(config.seed)
+        policy = load_model(str(path), tokenizer).eval()
+        m = evaluate_policy(policy, ref_model, tokenizer, prompts, gold_function("vader"), config.evaluation)
+        table.add_row(
+            name,
+            f"{m['eval/gold']:.3f}",
+            f"{m['eval/positive']:.0%}",
+            f"{m['eval/kl']:.3f}",
+            f"{m['eval/distinct2']:.2f}",
+        )
+    console.print(table)
 
 
 def reward_prompts(count: int) -> list:
@@ -108,7 +165,7 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
     prompts_file = output_dir / "reward-prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in reward_prompts(config.reward_prompts)))
     k = config.samples_per_prompt
-    console.rule(f"3/4 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
+    console.rule(f"3/5 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
     candidates = generate(
         GenerateConfig(
             model=str(sft_dir),
@@ -122,7 +179,7 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
     labels = simulate(
         config.labeler.model_copy(update={"candidates": str(candidates), "output": str(output_dir / "labels.jsonl")})
     )
-    console.rule(f"4/4 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
+    console.rule(f"4/5 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
     reward_config = config.reward.model_copy(
         update={
             "model": str(sft_dir),

@@ -14,7 +14,6 @@ over all micro-batches and processes, then averaged: whole-step values, not the 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,13 @@ from rlhfkit.data.records import load_records
 from rlhfkit.dpo.data import Example, Kind, build_examples, split_by_prompt, with_reference
 from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, Metrics, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
-from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer, save_model
+from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.progress import MetricsLog, progress_bar
-from rlhfkit.training.runtime import start_run
+from rlhfkit.training.runtime import finish_run, start_run
 
 
 class DPOConfig(TrainSettings):
@@ -298,10 +297,5 @@ def dpo(config: DPOConfig) -> Path:
     what = "pairs" if config.loss not in UNPAIRED_LOSSES else "judged responses"
     accelerator.print(f"{config.loss} on {config.model}: {len(train)} training {what}, {len(held_out)} held out")
     result = train_on_preferences(model, tokenizer.pad_token_id, train, held_out, config, accelerator)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
-        summary = {"steps": result.steps, **result.final_metrics}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
-    return output_dir
+    summary = {"steps": result.steps, **result.final_metrics}
+    return finish_run(accelerator, model, tokenizer, Path(config.output_dir), summary)

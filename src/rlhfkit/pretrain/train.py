@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,12 +9,11 @@ from pydantic import Field
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
-from rlhfkit.models.loading import save_model
 from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out, train_tokenizer
 from rlhfkit.training.batching import TokenSequence
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
-from rlhfkit.training.runtime import start_run
+from rlhfkit.training.runtime import finish_run, start_run
 
 
 class PretrainConfig(TrainSettings):
@@ -77,16 +75,12 @@ def pretrain(config: PretrainConfig) -> Path:
         f"{len(eval_data)} held-out blocks of {config.block_size} tokens"
     )
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)
-    if accelerator.is_main_process:
-        model.generation_config.update(
-            do_sample=True,
-            max_new_tokens=64,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.eos_token_id,
-        )
-        save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
-        summary = {"parameters": n_params, "steps": result.steps, **result.final_metrics}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
-    return output_dir
+    model.generation_config.update(
+        do_sample=True,
+        max_new_tokens=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    summary = {"parameters": n_params, "steps": result.steps, **result.final_metrics}
+    return finish_run(accelerator, model, tokenizer, output_dir, summary)

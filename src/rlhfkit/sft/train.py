@@ -6,7 +6,6 @@ model on labeler demonstrations with the language-modelling loss.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -14,12 +13,12 @@ from pydantic import Field
 
 from rlhfkit import assets
 from rlhfkit.data.records import load_records
-from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer, save_model
+from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
 from rlhfkit.sft.tokenize import pack, tokenize_sft
 from rlhfkit.training.batching import TokenSequence
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
-from rlhfkit.training.runtime import start_run
+from rlhfkit.training.runtime import finish_run, start_run
 
 
 class SFTConfig(TrainSettings):
@@ -63,10 +62,5 @@ def sft(config: SFTConfig) -> Path:
     model = load_model(config.model, tokenizer, config.lora)
     accelerator.print(f"SFT of {config.model}: {len(train_data)} training sequences, {len(eval_data)} held out")
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
-        summary = {"steps": result.steps, **result.final_metrics}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
-    return output_dir
+    summary = {"steps": result.steps, **result.final_metrics}
+    return finish_run(accelerator, model, tokenizer, Path(config.output_dir), summary)

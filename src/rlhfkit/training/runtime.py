@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.config import Config, dump_config
+from rlhfkit.models.loading import save_model
 from rlhfkit.training.config import TrainSettings
 
 
@@ -27,3 +30,18 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
         dump_config(config, Path(settings.output_dir) / "config.yaml")
         accelerator.print(f"config: {config.model_dump(mode='json')}")
     return accelerator
+
+
+def finish_run(
+    accelerator: Accelerator,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: Path,
+    summary: dict[str, float],
+) -> Path:
+    """Save the trained model (`save_pretrained`, LoRA merged) and `train_summary.json` from the main process."""
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return output_dir
