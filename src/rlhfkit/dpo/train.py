@@ -192,8 +192,6 @@ def train_on_preferences(
 ) -> TrainResult:
     """Optimise `config.loss` on examples whose reference log-probabilities are filled in."""
     world = accelerator.num_processes
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     if 0 < len(held_out) < world:
         raise ValueError(f"{len(held_out)} held-out examples for {world} processes: each needs at least one")
     set_seed(config.seed)

@@ -114,8 +114,6 @@ def train_member(
 ) -> dict[str, float]:
     """Optimise the ranking loss on `train` (in settings.output_dir); returns the last step's metrics."""
     world = accelerator.num_processes
-    if settings.batch_size % world:
-        raise ValueError(f"batch_size {settings.batch_size} must be divisible by the {world} processes")
     output_dir = Path(settings.output_dir)
     data = [
         TokenizedComparison([model.encode(c.prompt, r) for r in c.responses], list(c.ranks), c.margin, c.head)

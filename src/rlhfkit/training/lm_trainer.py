@@ -153,8 +153,6 @@ def train_causal_lm(
 ) -> TrainResult:
     """Optimise the next-token loss on `train_data`; returns the last step's metrics."""
     world = accelerator.num_processes
-    if settings.batch_size % world:
-        raise ValueError(f"batch_size {settings.batch_size} must be divisible by the {world} processes")
     set_seed(settings.seed)
     output_dir = Path(settings.output_dir)
     order = BatchOrder(

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhfkit.config import Config, dump_config
+from rlhfkit.config import Config, ConfigError, dump_config
 from rlhfkit.models.loading import save_model
 from rlhfkit.training.config import TrainSettings
 
@@ -26,6 +26,10 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
         # take part, so DDP needs no unused-parameter search.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
+    if settings.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"batch_size {settings.batch_size} must be divisible by the {accelerator.num_processes} processes"
+        )
     if accelerator.is_main_process:
         dump_config(config, Path(settings.output_dir) / "config.yaml")
         accelerator.print(f"config: {config.model_dump(mode='json')}")
