@@ -47,11 +47,13 @@ def _fields_table(cls: type[BaseModel]) -> str:
 def stage_command(name: str, config_cls: type[BaseModel], help_text: str, group: typer.Typer = app) -> Callable:
     """Register `rlhfkit [GROUP] NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
 
+    resumable = "resume" in config_cls.model_fields  # stages without checkpoints do not offer --resume
+
     def register(run: Callable[[Any], Any]) -> Callable:
         def command(
             config: ConfigArg = None,
             overrides: SetOpt = None,
-            resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")] = False,
+            resume: bool = False,
         ) -> None:
             extra = ["resume=true"] if resume else []
             try:
@@ -60,6 +62,10 @@ def stage_command(name: str, config_cls: type[BaseModel], help_text: str, group:
                 typer.secho(str(exc), fg="red", err=True)
                 raise typer.Exit(2) from None
 
+        # Set here, not in the signature: the option is hidden for stages without checkpoints.
+        command.__annotations__["resume"] = Annotated[
+            bool, typer.Option("--resume", help="continue from the last checkpoint", hidden=not resumable)
+        ]
         group.command(name, help=help_text, epilog=_fields_table(config_cls))(command)
         return run
 
