@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from rlhfkit.cli import main
+from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.reward import RewardEnsemble, RewardModel, load_reward_model
 from rlhfkit.reward.batching import BucketedRewards, TokenizedComparison, batch_loss, collate, length_buckets
-from rlhfkit.reward.data import Comparison, load_comparisons, split_by_prompt
+from rlhfkit.reward.data import Comparison, load_comparisons
 from rlhfkit.reward.losses import ranking_loss
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 

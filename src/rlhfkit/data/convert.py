@@ -9,10 +9,13 @@ case they come back as `tie=True` pairs for losses that use them.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
+
+T = TypeVar("T")
 
 
 def ranking_to_pairs(r: RankingRecord, include_ties: bool = False) -> list[PreferenceRecord]:
@@ -34,7 +37,7 @@ def ratings_to_pairs(
     """
     groups: dict[Hashable, list[RatingRecord]] = {}
     for record in records:
-        groups.setdefault(_prompt_key(record.prompt), []).append(record)
+        groups.setdefault(prompt_key(record.prompt), []).append(record)
     return [
         pair
         for group in groups.values()
@@ -80,9 +83,21 @@ def _pairs(
     return pairs
 
 
-def _prompt_key(prompt: Text) -> Hashable:
-    """A hashable stand-in for a prompt, so chat prompts (lists of messages) can group ratings too."""
+def prompt_key(prompt: Text) -> Hashable:
+    """A hashable stand-in for a prompt, so chat prompts (lists of messages) can group records too."""
     return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
+
+
+def split_by_prompt(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, held-out) items (anything with a `.prompt`): a seeded `fraction` of the prompts is held out.
+
+    By prompt, not by row: the pairs of one ranking, or of one prompt's ratings, stay on one side, so
+    held-out figures are measured on prompts never trained on.
+    """
+    keys = list(dict.fromkeys(prompt_key(item.prompt) for item in items))
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(fraction * len(keys)))] if fraction > 0 else [])
+    return [i for i in items if prompt_key(i.prompt) not in held], [i for i in items if prompt_key(i.prompt) in held]
 
 
 _TO_PREFERENCES: dict[str, Callable[[Iterable[Any]], list[PreferenceRecord]]] = {

@@ -12,14 +12,13 @@ the loss mask on the response only, so the sequence log-probability is log π(y|
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from transformers import PreTrainedTokenizerBase
 
-from rlhfkit.data.convert import to_preferences
+from rlhfkit.data.convert import prompt_key, to_preferences
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import PreferenceRecord, Record, SFTRecord, Text, UnpairedRecord
 from rlhfkit.sft.tokenize import tokenize_sft
@@ -60,23 +59,6 @@ class Example:
     def all_responses(self) -> tuple[Response, ...]:
         """Every response whose reference log-probability training needs."""
         return self.responses if self.mismatched is None else (*self.responses, self.mismatched)
-
-
-def prompt_key(prompt: Text) -> Hashable:
-    return prompt if isinstance(prompt, str) else tuple(prompt)  # messages are frozen, hence hashable
-
-
-def split_by_prompt(records: Sequence[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, held-out) records: a seeded `fraction` of the prompts, with all their records, is held out.
-
-    By prompt, not by row: the pairs of one ranking, or of one prompt's ratings, stay on one side.
-    """
-    keys = list(dict.fromkeys(prompt_key(r.prompt) for r in records))
-    random.Random(seed).shuffle(keys)
-    held = set(keys[: max(1, round(fraction * len(keys)))] if fraction > 0 else [])
-    return [r for r in records if prompt_key(r.prompt) not in held], [
-        r for r in records if prompt_key(r.prompt) in held
-    ]
 
 
 def tokenize_response(

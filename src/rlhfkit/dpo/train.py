@@ -28,9 +28,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
 from rlhfkit.config import ConfigError
+from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import load_records
-from rlhfkit.dpo.data import Example, Kind, build_examples, split_by_prompt, with_reference
+from rlhfkit.dpo.data import Example, Kind, build_examples, with_reference
 from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, Metrics, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
 from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer

@@ -8,7 +8,7 @@ each reply is forwarded once (InstructGPT, arXiv:2203.02155, section 3.5); ratin
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhfkit import assets
@@ -62,28 +62,6 @@ def load_comparisons(path: str, kind: str, head: int = 0, use_margin: bool = Fal
     else:
         pairs = [r for r in records if isinstance(r, PreferenceRecord)]
     return [from_pair(pair, head, use_margin) for pair in pairs]
-
-
-def prompt_key(prompt: Text) -> Hashable:
-    return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
-
-
-def split_by_prompt(
-    comparisons: list[Comparison], fraction: float, seed: int
-) -> tuple[list[Comparison], list[Comparison]]:
-    """(train, held-out): a seeded `fraction` of the prompts, with all their comparisons, is held out.
-
-    Splitting by prompt, not by row, keeps the pairs of one ranking or one prompt's ratings on one side,
-    so held-out accuracy is measured on prompts the model never trained on.
-    """
-    keys = list(dict.fromkeys(prompt_key(c.prompt) for c in comparisons))
-    random.Random(seed).shuffle(keys)
-    n_held = max(1, round(fraction * len(keys))) if fraction > 0 else 0
-    held = set(keys[:n_held])
-    return (
-        [c for c in comparisons if prompt_key(c.prompt) not in held],
-        [c for c in comparisons if prompt_key(c.prompt) in held],
-    )
 
 
 def bootstrap(comparisons: list[Comparison], seed: int) -> list[Comparison]:

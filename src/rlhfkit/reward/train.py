@@ -30,11 +30,12 @@ from torch import nn
 
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
+from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError, read_rows
 from rlhfkit.data.records import Text, validate_record
 from rlhfkit.models.loading import LoraSettings
 from rlhfkit.reward.batching import BucketedRewards, RewardBatch, TokenizedComparison, batch_loss, collate
-from rlhfkit.reward.data import Comparison, bootstrap, load_comparisons, split_by_prompt
+from rlhfkit.reward.data import Comparison, bootstrap, load_comparisons
 from rlhfkit.reward.ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.evaluate import evaluate
 from rlhfkit.reward.model import CONFIG_FILE, RewardModel
