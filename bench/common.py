@@ -16,11 +16,12 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from importlib.metadata import version
 from itertools import pairwise
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from rich.console import Console
@@ -33,21 +34,45 @@ S = TypeVar("S")
 R = TypeVar("R")
 
 
-class CommonSettings(Protocol):
-    """The settings every benchmark's `Settings` dataclass carries (what both trainers share)."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What both trainers of every benchmark share; each benchmark's `Settings` adds its own fields."""
 
-    model_path: str
+    model: str  # the name given on the command line
+    model_path: str  # its resolved checkpoint directory, loaded by both sides
+    data: str  # the training data, JSONL
     max_length: int
+    batch_size: int
     learning_rate: float
     warmup: int
     steps: int
     threads: int
     seed: int
-    rlhfkit_set: tuple[str, ...]
-    trl_set: tuple[str, ...]
+    rlhfkit_set: tuple[str, ...]  # extra `key=value` overrides of rlhfkit's config (ablations)
+    trl_set: tuple[str, ...]  # extra `key=value` keyword arguments of TRL's config (ablations)
 
     @property
-    def total_steps(self) -> int: ...
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+
+def run_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The `RunSettings` fields read from the command line (all but `data`, which each benchmark builds)."""
+    from rlhfkit.models.loading import resolve_model_path
+
+    return {
+        "model": args.model,
+        "model_path": resolve_model_path(args.model),  # converts smollm2 once, before anything is timed
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "threads": args.threads,
+        "seed": args.seed,
+        "rlhfkit_set": tuple(args.rlhfkit_set),
+        "trl_set": tuple(args.trl_set),
+    }
 
 
 # --- running ----------------------------------------------------------------------------------------------
@@ -98,7 +123,7 @@ def warn_if_busy(console: Console, load: float, threads: int) -> None:
 # --- measuring (inside a trainer's subprocess) ----------------------------------------------------------
 
 
-def timed_window(trainer: str, times: list[float], batches: int, settings: CommonSettings) -> tuple[float, list[float]]:
+def timed_window(trainer: str, times: list[float], batches: int, settings: RunSettings) -> tuple[float, list[float]]:
     """(seconds, per-step seconds) from the end of step `warmup` to the end of step `warmup + steps` (1-based).
 
     Refuses a run whose step stamps or recorded batches fall short: a silently shorter window would
@@ -128,7 +153,7 @@ def recording(collate: Callable[..., Any], log: list[Any], stats: Callable[[Any]
     return wrapped
 
 
-def rlhfkit_config(config_class: type, out: str, settings: CommonSettings, fields: dict[str, Any]) -> Any:
+def rlhfkit_config(config_class: type, out: str, settings: RunSettings, fields: dict[str, Any]) -> Any:
     """An rlhfkit config as the command line builds it: a YAML file, then the `--rlhfkit-set` overrides.
 
     Common fields: no held-out split (no evaluation at all; all rows train, as in TRL), a metrics row per
@@ -166,7 +191,7 @@ def trl_overrides(texts: Sequence[str]) -> dict[str, Any]:
     return {".".join(keys): value for keys, value in map(parse_override, texts)}
 
 
-def trl_args(out: str, settings: CommonSettings, batch_size: int, fields: dict[str, Any]) -> dict[str, Any]:
+def trl_args(out: str, settings: RunSettings, batch_size: int, fields: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of a TRL config: its defaults minus bf16, gradient checkpointing, logging, saving and
     eval, so only training runs in the window; then the trainer's own `fields`, then `--trl-set`."""
     base = {

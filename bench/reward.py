@@ -40,6 +40,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    RunSettings,
     add_run_args,
     check_run_args,
     environment,
@@ -51,6 +52,7 @@ from common import (
     rlhfkit_config,
     rlhfkit_step_times,
     round_order,
+    run_fields,
     run_rounds,
     step_clock,
     timed_window,
@@ -64,27 +66,12 @@ TARGET_RATIO = 1.5
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What both trainers share."""
+class Settings(RunSettings):
+    """What both trainers share. `data`: rlhfkit's comparisons, pairs (k = 2) or rankings of k; `batch_size`:
+    TRL's pairs per optimizer step (rlhfkit takes 2 x batch_size / k comparisons: as many replies)."""
 
-    model: str  # the name given on the command line
-    model_path: str  # its resolved checkpoint directory, loaded by both sides
-    data: str  # rlhfkit's comparisons, JSONL: pairs (k = 2) or rankings of k
     pairs_data: str  # the same comparisons as preference pairs, for TRL
     k: int  # replies per comparison
-    max_length: int
-    batch_size: int  # TRL's pairs per optimizer step; rlhfkit takes 2 x batch_size / k comparisons (as many replies)
-    learning_rate: float
-    warmup: int
-    steps: int
-    threads: int
-    seed: int
-    rlhfkit_set: tuple[str, ...]  # extra `key=value` overrides of rlhfkit's RewardConfig (ablations)
-    trl_set: tuple[str, ...]  # extra `key=value` keyword arguments of TRL's RewardConfig (ablations)
-
-    @property
-    def total_steps(self) -> int:
-        return self.warmup + self.steps
 
     @property
     def comparisons_per_step(self) -> int:
@@ -244,27 +231,16 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything benchmarked is local; inherited by the runs
-    from rlhfkit.models.loading import resolve_model_path
 
     args = parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as scratch:
         data, pairs_data = make_data(Path(scratch), args.prompts, args.k)
         settings = Settings(
-            model=args.model,
-            model_path=resolve_model_path(args.model),  # converts smollm2 once, before anything is timed
             data=str(data),
             pairs_data=str(pairs_data),
             k=args.k,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            warmup=args.warmup,
-            steps=args.steps,
-            threads=args.threads,
-            seed=args.seed,
-            rlhfkit_set=tuple(args.rlhfkit_set),
-            trl_set=tuple(args.trl_set),
+            **run_fields(args),
         )
         load_before = os.getloadavg()
         warn_if_busy(console, load_before[0], settings.threads)

@@ -32,6 +32,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    RunSettings,
     add_run_args,
     check_run_args,
     environment,
@@ -43,6 +44,7 @@ from common import (
     rlhfkit_config,
     rlhfkit_step_times,
     round_order,
+    run_fields,
     run_rounds,
     step_clock,
     timed_window,
@@ -56,25 +58,8 @@ TARGET_RATIO = 1.5
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What both trainers share."""
-
-    model: str  # the name given on the command line
-    model_path: str  # its resolved checkpoint directory, loaded by both sides
-    data: str
-    max_length: int
-    batch_size: int
-    learning_rate: float
-    warmup: int
-    steps: int
-    threads: int
-    seed: int
-    rlhfkit_set: tuple[str, ...]  # extra `key=value` overrides of rlhfkit's SFTConfig (ablations)
-    trl_set: tuple[str, ...]  # extra `key=value` keyword arguments of TRL's SFTConfig (ablations)
-
-    @property
-    def total_steps(self) -> int:
-        return self.warmup + self.steps
+class Settings(RunSettings):
+    """What both trainers share (all of it common to the benchmarks)."""
 
 
 @dataclass(frozen=True)
@@ -228,23 +213,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything benchmarked is local; inherited by the runs
-    from rlhfkit.models.loading import resolve_model_path
 
     args = parse_args()
     console = Console()
     settings = Settings(
-        model=args.model,
-        model_path=resolve_model_path(args.model),  # converts smollm2 once, before anything is timed
         data=args.data,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup=args.warmup,
-        steps=args.steps,
-        threads=args.threads,
-        seed=args.seed,
-        rlhfkit_set=tuple(args.rlhfkit_set),
-        trl_set=tuple(args.trl_set),
+        **run_fields(args),
     )
     load_before = os.getloadavg()
     warn_if_busy(console, load_before[0], settings.threads)
