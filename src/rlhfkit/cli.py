@@ -25,8 +25,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-label_app = typer.Typer(help="Labels for sampled replies (simulated labelers).", no_args_is_help=True)
+label_app = typer.Typer(help="Labels for sampled replies: simulated labelers, AI judges, agreement.", no_args_is_help=True)
 app.add_typer(label_app, name="label")
+cai_app = typer.Typer(help="Constitutional AI: critique and revise with written principles.", no_args_is_help=True)
+app.add_typer(cai_app, name="cai")
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config file (optional: defaults otherwise)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field: key=value (repeatable)")]

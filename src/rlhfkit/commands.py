@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from rlhfkit.cli import label_app, stage_command
+from rlhfkit.cli import cai_app, label_app, stage_command
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
+from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
 from rlhfkit.reward.train import RewardConfig, reward
+from rlhfkit.rlaif import AgreementConfig, AILabelConfig, ReviseConfig, agreement, label_ai, revise
 from rlhfkit.sft.train import SFTConfig, sft
 
 
@@ -32,9 +34,29 @@ def _label_simulate(config: LabelConfig) -> None:
     print(simulate(config))
 
 
+@stage_command("ai", AILabelConfig, "AI labels of sampled replies: a judge following a constitution.", label_app)
+def _label_ai(config: AILabelConfig) -> None:
+    print(label_ai(config))
+
+
+@stage_command("agreement", AgreementConfig, "Agreement of AI labels with human/simulated ones.", label_app)
+def _label_agreement(config: AgreementConfig) -> None:
+    print(agreement(config))
+
+
+@stage_command("revise", ReviseConfig, "Answer red-team prompts, critique, revise: SFT data.", cai_app)
+def _cai_revise(config: ReviseConfig) -> None:
+    print(revise(config))
+
+
 @stage_command("reward", RewardConfig, "Train a reward model (or ensemble) on preferences, rankings or ratings.")
 def _reward(config: RewardConfig) -> None:
     reward(config)
+
+
+@stage_command("ppo", PPOConfig, "RL against reward models: PPO (or A2C) with a KL penalty to the reference, PPO-ptx.")
+def _ppo(config: PPOConfig) -> None:
+    print(ppo(config))
 
 
 @stage_command("quickstart", QuickstartConfig, "Run the pipeline offline on the embedded model and data.")

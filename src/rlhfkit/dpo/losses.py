@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-Metrics = dict[str, torch.Tensor]
+from rlhfkit.training.metrics import Metrics
+
 PreferenceLoss = Callable[..., tuple[torch.Tensor, Metrics]]
 
 

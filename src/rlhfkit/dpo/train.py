@@ -32,13 +32,14 @@ from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import load_records
 from rlhfkit.dpo.data import Example, Kind, build_examples, with_reference
-from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, Metrics, chosen_nll
+from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
-from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
+from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
+from rlhfkit.training.metrics import Metrics, StepMetrics
 from rlhfkit.training.progress import MetricsLog, progress_bar
 from rlhfkit.training.runtime import finish_run, start_run
 
@@ -128,24 +129,6 @@ class Objective:
                 total += torch.stack([(logps - ref).sum(), torch.tensor(float(len(mismatched)), device=self.device)])
         total = accelerator.reduce(total, reduction="sum")
         return (total[0] / total[1].clamp(min=1)).clamp(min=0)
-
-
-class StepMetrics:
-    """Per-example metric values summed over a step's micro-batches; `mean` averages over all processes."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, torch.Tensor] = {}  # key -> (Σ values, count)
-
-    def add(self, metrics: Metrics) -> None:
-        for key, values in metrics.items():
-            values = values.detach().float()
-            pair = torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)])
-            self.totals[key] = self.totals[key] + pair if key in self.totals else pair
-
-    def mean(self, accelerator: Accelerator) -> dict[str, float]:
-        keys = sorted(self.totals)  # every micro-batch returns the same keys, so every process has them
-        totals = accelerator.reduce(torch.stack([self.totals[k] for k in keys]), reduction="sum").tolist()
-        return {key: total / count for key, (total, count) in zip(keys, totals, strict=True) if count > 0}
 
 
 def optimizer_step(
@@ -257,13 +240,6 @@ def load_examples(
     if not train:
         raise DataError(f"{config.data}: no usable training examples ({'; '.join(notes) or 'empty'})")
     return train, held_out, notes + [f"held out: {n}" for n in held_notes]
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """p = 0 in every dropout layer: the policy then scores a sequence as the reference pass (eval mode) did."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def dpo(config: DPOConfig) -> Path:

@@ -2,6 +2,10 @@
 
 Prompts are left-padded so every row's next token is at the same position; after a row's EOS, its
 remaining positions hold the pad token and are outside `response_mask`.
+
+With `seeds`, each row draws its own noise: a row's sample depends on its seed, not on which rows share
+its batch or on the global random state. PPO uses that so a run split over processes, or resumed from a
+checkpoint, samples the very responses an uninterrupted single-process run samples.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from rlhfkit.config import Config
 
@@ -52,23 +63,50 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor
     return (eos_before == 0).long()
 
 
+class SeededGumbelSampler(LogitsProcessor):
+    """Sampling as argmax of (logits / T, top-k/top-p filtered) + Gumbel noise, one generator per row.
+
+    argmax_v(z_v + g_v) with g_v ~ Gumbel(0, 1) is a draw from softmax(z) (the Gumbel-max trick), so greedy
+    decoding of these scores samples exactly as `do_sample` would.
+    """
+
+    def __init__(self, seeds: list[int], settings: SamplingSettings) -> None:
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.warpers = LogitsProcessorList()
+        if settings.top_k:
+            self.warpers.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(settings.top_p))
+        self.temperature = settings.temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = self.warpers(input_ids, scores.float() / self.temperature)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+        return scores + gumbel.to(scores.device)
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Any],
     settings: SamplingSettings,
+    seeds: list[int] | None = None,
 ) -> Samples:
-    """One response per prompt."""
+    """One response per prompt; with `seeds` (one per prompt), each row samples from its own generator."""
     tokenizer.padding_side = "left"
     rendered = [render_prompt(tokenizer, p) for p in prompts]
     encoded = tokenizer(rendered, return_tensors="pt", padding=True).to(model.device)
+    seeded = seeds is not None and settings.do_sample
+    native = settings.do_sample and not seeded  # transformers' own sampling, from the global generator
     output = model.generate(
         **encoded,
-        do_sample=settings.do_sample,
-        temperature=settings.temperature if settings.do_sample else None,
-        top_p=settings.top_p if settings.do_sample else None,
-        top_k=settings.top_k if settings.do_sample else None,
+        do_sample=native,
+        temperature=settings.temperature if native else None,
+        top_p=settings.top_p if native else None,
+        top_k=settings.top_k if native else None,
+        logits_processor=LogitsProcessorList([SeededGumbelSampler(seeds, settings)]) if seeded else None,
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 from rich.console import Console
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -90,7 +91,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """A causal LM, its embeddings grown to the tokenizer's vocabulary, optionally wrapped with LoRA."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype)
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, config=fused_config(path), dtype=dtype)
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
@@ -120,3 +122,10 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, outpu
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """p = 0 in every dropout layer: the policy then scores a sequence as the reference pass (eval mode) did."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0

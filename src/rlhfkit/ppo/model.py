@@ -1,0 +1,123 @@
+"""The policy and its critic as one module, so one DDP wrapper and one optimizer serve both.
+
+Three critics (`critic` in the config):
+- `shared`: a linear value head on the policy's own last hidden states (one forward for both; the
+  cheapest; with LoRA the value head trains beside the adapters);
+- `policy`: a separate transformer initialised from the policy's starting weights, with a new value head;
+- `reward`: a separate transformer initialised from a reward model's backbone, its value head from the
+  reward head (gains, biases and head weights folded in), so the first values are the reward model's
+  scores at each prefix (as OpenRLHF and TRL initialise their critics).
+
+Sequences are right-padded prompt + response rows (prompts unpadded at the start), so positions count
+from 0 on every row and only response positions go through the LM and value heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit.config import ConfigError
+from rlhfkit.models.loading import fused_config, resolve_model_path
+from rlhfkit.ops import token_logprobs
+from rlhfkit.ppo.losses import entropy
+from rlhfkit.reward.ensemble import load_reward_model
+from rlhfkit.reward.model import RewardModel
+from rlhfkit.training.lm_trainer import lm_parts
+
+CriticKind = Literal["shared", "policy", "reward"]
+
+
+class ActorCritic(nn.Module):
+    """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,), entropy (N,))."""
+
+    def __init__(
+        self, policy: PreTrainedModel, critic: nn.Module | None, value_head: nn.Linear, temperature: float
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic  # None: the value head reads the policy's hidden states
+        self.value_head = value_head
+        self.temperature = temperature
+        self.parts = lm_parts(policy)  # a tuple, so the weights are not registered twice
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor, lm_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        backbone, lm_head = self.parts
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
+        logits = lm_head(hidden)  # (N, V), only for the scored tokens
+        targets = input_ids[:, 1:][scored]
+        if lm_only:  # PPO-ptx: the language-modelling loss, at temperature 1
+            return token_logprobs(logits, targets), None, None
+        logits = logits / self.temperature  # the temperature the responses were sampled at
+        with torch.no_grad():
+            token_entropy = entropy(logits)
+        if self.critic is not None:
+            hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
+        return token_logprobs(logits, targets), self.value_head(hidden).squeeze(-1), token_entropy
+
+    def reference_logprobs(self, reference: PreTrainedModel | None, input_ids, attention_mask, scored) -> torch.Tensor:
+        """log π_ref of the scored tokens: a separate frozen model, or (reference None) this policy with its
+        LoRA adapters switched off, which is the starting model without a second copy in memory."""
+        with torch.no_grad(), adapters_off(self.policy) if reference is None else contextlib.nullcontext():
+            backbone, lm_head = lm_parts(self.policy if reference is None else reference)
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
+            return token_logprobs(lm_head(hidden) / self.temperature, input_ids[:, 1:][scored])
+
+
+def adapters_off(model: nn.Module) -> contextlib.AbstractContextManager:
+    if not isinstance(model, PeftModel):
+        raise ValueError("the reference can be the policy itself only when the policy has LoRA adapters")
+    return model.disable_adapter()
+
+
+def build_actor_critic(
+    policy: PreTrainedModel,
+    policy_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    kind: CriticKind,
+    reward_path: str | None,
+    temperature: float,
+) -> ActorCritic:
+    """The policy with a critic of `kind` (see the module docstring)."""
+    hidden_size = policy.config.get_text_config().hidden_size
+    if kind == "shared":
+        return ActorCritic(policy, None, zero_head(hidden_size), temperature)
+    if kind == "policy":
+        path = resolve_model_path(policy_path)
+        critic = AutoModel.from_pretrained(path, config=fused_config(path), dtype=torch.float32)
+        critic.resize_token_embeddings(len(tokenizer))
+        return ActorCritic(policy, critic, zero_head(critic.config.get_text_config().hidden_size), temperature)
+    if reward_path is None:
+        raise ConfigError("critic=reward needs a reward model among `rewards`")
+    reward_model = load_reward_model(reward_path)
+    if not isinstance(reward_model, RewardModel) or reward_model.head is None:
+        raise ConfigError(f"critic=reward: {reward_path} must be one causal_lm reward model (not an ensemble)")
+    if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"critic=reward: {reward_path} does not share the policy's tokenizer; use critic=policy")
+    return ActorCritic(policy, reward_model.backbone, folded_reward_head(reward_model), temperature)
+
+
+def zero_head(hidden_size: int) -> nn.Linear:
+    """A value head that predicts 0 everywhere at the start: the first advantages are the plain returns."""
+    head = nn.Linear(hidden_size, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def folded_reward_head(model: RewardModel) -> nn.Linear:
+    """One linear layer computing Σ_h w_h·(gain_h·(W_h·x + b_h) + bias_h): the reward model's score."""
+    weights = torch.tensor([model.weights.get(name, 0.0) for name in model.head_names])
+    scale = weights * model.gain  # (H,)
+    head = nn.Linear(model.head.in_features, 1)
+    with torch.no_grad():
+        head.weight.copy_(scale @ model.head.weight)
+        head.bias.copy_((scale * model.head.bias).sum() + (weights * model.bias).sum())
+    return head

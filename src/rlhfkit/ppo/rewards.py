@@ -1,0 +1,72 @@
+"""The sequence score PPO maximises: a weighted sum of reward models and rule-based reward functions.
+
+Each source is a saved reward model or ensemble (`rlhfkit reward` output; its heads are already
+normalised to mean 0, std 1 on its training sample, and `heads` reweights them, e.g. helpful 1, harmless 2)
+or a function (prompt, response) -> float: `vader`, `length` or `python:module:function`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from rlhfkit.config import Config
+from rlhfkit.data.records import Text
+from rlhfkit.labeling.simulated import gold_function
+from rlhfkit.reward.ensemble import ENSEMBLE_FILE, load_reward_model
+from rlhfkit.reward.model import CONFIG_FILE
+
+Scorer = Callable[[list[Text], list[Text]], torch.Tensor]
+
+
+class RewardSource(Config):
+    """One term of the reward."""
+
+    source: str = Field(description="reward-model directory, or a function: vader, length, python:module:function")
+    weight: float = Field(1.0, description="weight of this term in the sum")
+    heads: dict[str, float] | None = Field(None, description="reward-model head weights (default: the saved ones)")
+
+
+def is_reward_model(source: str) -> bool:
+    path = Path(source)
+    return (path / CONFIG_FILE).exists() or (path / ENSEMBLE_FILE).exists()
+
+
+def source_name(source: str) -> str:
+    """A short name for the logs: the directory's name or the function's."""
+    return Path(source).name if is_reward_model(source) else source.rsplit(":", 1)[-1]
+
+
+def load_scorer(source: RewardSource, device: torch.device) -> Scorer:
+    """(prompts, responses) -> (N,) float tensor for one source."""
+    if is_reward_model(source.source):
+        model = load_reward_model(source.source).to(device)
+        return lambda prompts, responses: model.score(prompts, responses, source.heads).reward
+    if source.heads is not None:
+        raise ValueError(f"reward {source.source!r}: `heads` applies only to reward models")
+    function = gold_function(source.source)
+    return lambda prompts, responses: torch.tensor(
+        [float(function(p, r)) for p, r in zip(prompts, responses, strict=True)]
+    )
+
+
+class CombinedReward:
+    """Σ_i w_i·s_i(x, y) over the sources; `__call__` also gives each term, for the logs."""
+
+    def __init__(self, sources: list[RewardSource], device: torch.device) -> None:
+        self.sources = sources
+        self.scorers = [load_scorer(s, device) for s in sources]
+        self.names = unique_names([source_name(s.source) for s in sources])
+
+    def __call__(self, prompts: list[Text], responses: list[Text]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = {name: score(prompts, responses).float() for name, score in zip(self.names, self.scorers, strict=True)}
+        total = sum(s.weight * terms[name] for s, name in zip(self.sources, self.names, strict=True))
+        return total, terms
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Names with a numeric suffix where two sources share one (two reward dirs both called `reward`)."""
+    return [name if names.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(names)]

@@ -1,0 +1,194 @@
+"""Experience for one PPO step: sample responses, score them, and turn scores into advantages.
+
+A global batch of B prompts is split over processes (process r holds rows r, r + W, ...). Each row samples
+from its own seed (seed, step, row), so the responses do not depend on the number of processes or on
+where a run was resumed. Statistics that shape the update (reward normalisation, advantage whitening,
+the KL used by the adaptive β) are computed over the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit.data.records import Text
+from rlhfkit.evaluation.policy import distinct_n, response_sequences
+from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.labeling.simulated import GoldFunction
+from rlhfkit.ops import masked_sum
+from rlhfkit.ppo.advantages import (
+    MOMENT_KEYS,
+    KLEstimator,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_moments,
+    token_rewards,
+    whiten,
+)
+from rlhfkit.ppo.controllers import KLController, RunningMoments
+from rlhfkit.ppo.model import ActorCritic
+from rlhfkit.ppo.rewards import CombinedReward
+from rlhfkit.training.batching import PaddedBatch, TokenSequence, chunks, pad_batch
+from rlhfkit.training.metrics import StepMetrics
+
+
+@dataclass(frozen=True)
+class RewardShaping:
+    """How sequence scores become per-token rewards and advantages (fields of the PPO config)."""
+
+    kl_estimator: KLEstimator
+    missing_eos_penalty: float
+    reward_norm: bool
+    reward_clip: float | None
+    gamma: float
+    lam: float
+    whiten_advantages: bool
+
+
+@dataclass
+class Rollout:
+    """This process's rows of a batch. Per-token tensors are (b, R), R = the longest response."""
+
+    rows: list[int]  # positions in the global batch
+    sequences: list[TokenSequence]  # prompt + response, the response marked
+    mask: torch.Tensor  # 1 on response tokens through EOS
+    logprobs: torch.Tensor  # log π_old(y_t), at the sampling temperature
+    values: torch.Tensor  # V_old(s_t)
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    prompts: list[Text]
+    texts: list[str]
+    scores: torch.Tensor  # (b,) the combined reward, before normalisation
+
+
+def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
+    """One sampling seed per (run seed, step, row of the global batch)."""
+    return [hash((seed, step, row)) % (2**63) for row in rows]
+
+
+def scatter_tokens(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Values of the masked positions in row-major order (N,) -> (b, R), zeros elsewhere."""
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    out[mask.bool()] = flat
+    return out
+
+
+def gather_tokens(values: torch.Tensor, rows: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """The inverse of scatter_tokens for some rows: (b, R) -> (N,) in row-major order."""
+    return values[rows][mask[rows].bool()]
+
+
+def batch_on(sequences: list[TokenSequence], pad_id: int, device: torch.device) -> PaddedBatch:
+    batch = pad_batch(sequences, pad_id)
+    return PaddedBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device))
+
+
+@torch.no_grad()
+def forward_rows(
+    model: ActorCritic, reference: PreTrainedModel | None, sequences: list[TokenSequence], pad_id: int, micro: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log π, log π_ref, V, entropy) of every response token, concatenated row by row."""
+    device = next(model.parameters()).device
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for rows in chunks(list(range(len(sequences))), micro):
+        batch = batch_on([sequences[i] for i in rows], pad_id, device)
+        scored = batch.loss_mask[:, 1:].bool()
+        logprobs, values, token_entropy = model(batch.input_ids, batch.attention_mask, scored)
+        ref = model.reference_logprobs(reference, batch.input_ids, batch.attention_mask, scored)
+        parts.append((logprobs, ref, values, token_entropy))
+    return tuple(torch.cat(column).float().cpu() for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def collect_rollout(
+    accelerator: Accelerator,
+    model: ActorCritic,
+    reference: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Text],
+    rows: list[int],
+    seeds: list[int],
+    reward: CombinedReward,
+    kl: KLController,
+    moments: RunningMoments,
+    shaping: RewardShaping,
+    settings: SamplingSettings,
+    micro: int,
+    gold: GoldFunction | None = None,
+    update_statistics: bool = True,
+) -> tuple[Rollout, dict[str, float]]:
+    """Sample, score and compute advantages for this process's prompts; returns the rollout and global metrics.
+
+    With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated.
+    """
+    was_training = model.training
+    model.eval()
+    policy = model.policy
+    samples = sample(policy, tokenizer, prompts, settings, seeds=seeds)
+    sequences = response_sequences(samples)
+    if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
+        raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
+    mask = samples.response_mask.cpu().float()
+    logprobs, ref_logprobs, values, token_entropy = (
+        scatter_tokens(t, mask) for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro)
+    )
+    model.train(was_training)
+
+    raw_scores, terms = reward(prompts, samples.texts)
+    raw_scores = raw_scores.cpu().float()
+    ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
+    scores = raw_scores - shaping.missing_eos_penalty * (~ended).float()
+    if shaping.reward_norm:
+        if update_statistics:
+            update_moments(accelerator, moments, scores)
+        scores = (scores - moments.mean) / max(moments.std, 1e-8)
+    if shaping.reward_clip is not None:
+        scores = scores.clamp(-shaping.reward_clip, shaping.reward_clip)
+
+    kl_tokens = kl_estimate(logprobs, ref_logprobs, shaping.kl_estimator) * mask
+    rewards = token_rewards(scores, kl_tokens, kl.beta, mask)
+    advantages, returns = gae(rewards, values, mask, shaping.gamma, shaping.lam)
+    if shaping.whiten_advantages:
+        moments_sum = accelerator.reduce(masked_moments(advantages, mask).to(accelerator.device), reduction="sum")
+        advantages = whiten(advantages, mask, moments_sum.cpu())
+
+    lengths = mask.sum(1)
+    log_ratio = (logprobs - ref_logprobs) * mask
+    sequence_stats = {
+        "reward/score": raw_scores,
+        "reward/total": rewards.sum(1),
+        "kl/k1": log_ratio.sum(1),
+        "kl/k3": (kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum(1),
+        "kl/penalty": kl_tokens.sum(1),
+        "response/length": lengths,
+        "response/ended": ended.float(),
+        **{f"reward/{name}": values.cpu().float() for name, values in terms.items()},
+    }
+    if gold is not None:
+        sequence_stats["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, samples.texts, strict=True)])
+    stats = StepMetrics()
+    stats.add(sequence_stats)
+    residuals = returns - values
+    moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
+    token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": token_entropy, **moments_of_values}
+    for name, values in token_stats.items():
+        stats.add_total(name, masked_sum(values, mask), mask.sum())
+    metrics = stats.mean(accelerator)
+    metrics["ppo/explained_variance"] = explained_variance(*(metrics.pop(key) for key in MOMENT_KEYS))
+    metrics["response/distinct2"] = distinct_n(gather_object(samples.texts))
+    rollout = Rollout(
+        rows, sequences, mask, logprobs, values, advantages, returns, list(prompts), samples.texts, raw_scores
+    )
+    return rollout, metrics
+
+
+def update_moments(accelerator: Accelerator, moments: RunningMoments, scores: torch.Tensor) -> None:
+    """Merge the global batch's scores (count, mean, variance over all processes) into the running moments."""
+    local = torch.tensor([len(scores), scores.sum(), scores.square().sum()], dtype=torch.float64)
+    count, total, total_sq = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
+    mean = total / count
+    moments.update(count, mean, total_sq / count - mean**2)

@@ -1,0 +1,422 @@
+"""`rlhfkit ppo`: the RL stage of InstructGPT (Ouyang et al. 2022, arXiv:2203.02155, section 3.5).
+
+Each step: sample one response per prompt for a global batch of prompts (`rollout.py`: the reward on
+the last token, a per-token KL penalty to the frozen reference, GAE, whitened advantages), then
+`ppo_epochs` passes over the batch in shuffled minibatches, each one optimizer step on
+
+    L = PPO clipped surrogate + vf_coef · clipped value loss  [+ ptx_coef · LM loss on a pretraining batch]
+
+(PPO-ptx, InstructGPT eq. 2). `algo: a2c` makes one pass of the plain policy gradient instead.
+
+Losses are token means over the global minibatch: each process sums its token losses and divides by the
+global token count times the world size (DDP averages gradients), so two processes reproduce one. A
+minibatch is a seeded draw of global rows; each process trains on the drawn rows it sampled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from pydantic import Field, model_validator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfkit import assets
+from rlhfkit.config import ConfigError
+from rlhfkit.data.readers import DataError
+from rlhfkit.data.records import Text, load_records
+from rlhfkit.generation.sampling import SamplingSettings
+from rlhfkit.labeling.simulated import gold_function
+from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
+from rlhfkit.ppo.advantages import KLEstimator
+from rlhfkit.ppo.controllers import KLController, RunningMoments
+from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
+from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
+from rlhfkit.ppo.rewards import CombinedReward, RewardSource, is_reward_model
+from rlhfkit.ppo.rollout import (
+    RewardShaping,
+    Rollout,
+    batch_on,
+    collect_rollout,
+    gather_tokens,
+    row_seeds,
+)
+from rlhfkit.pretrain.corpus import read_paragraphs
+from rlhfkit.pretrain.train import blocks
+from rlhfkit.sft.tokenize import tokenize_sft
+from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
+from rlhfkit.training.checkpoint import resume, save_checkpoint
+from rlhfkit.training.config import TrainSettings
+from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
+from rlhfkit.training.metrics import StepMetrics
+from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.runtime import finish_run, start_run
+
+
+class PPOConfig(TrainSettings):
+    """RL from a reward: PPO (or A2C) with a KL penalty to the reference, a critic, and optional PPO-ptx."""
+
+    model: str = Field("tiny-austen", description="policy to tune (usually the SFT model): name, path or hub id")
+    ref_model: str | None = Field(
+        None, description="reference model (default: the policy's starting weights; with LoRA: adapters off)"
+    )
+    prompts: str | None = Field(None, description="prompt records (JSONL/JSON/Parquet/dataset dir) (required)")
+    eval_prompts: str | None = Field(None, description="held-out prompts, evaluated every eval_every steps")
+    eval_size: int = Field(64, ge=1, description="held-out prompts used for evaluation (the first N)")
+    rewards: list[RewardSource] = Field(
+        default_factory=list, description="reward terms: [{source: DIR or function, weight, heads}] (required)"
+    )
+    gold: str | None = Field(None, description="gold score to log, never trained on: vader, length, python:mod:fn")
+    critic: CriticKind = Field("policy", description="value model: shared (head on the policy), policy or reward")
+    algo: Literal["ppo", "a2c"] = Field("ppo", description="ppo (clipped, several epochs) or a2c (one plain pass)")
+    sampling: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
+        description="rollout sampling; its temperature also scales the logits of every log-probability",
+    )
+    batch_size: int = Field(64, ge=1, description="episodes (prompts) per PPO step, over all processes")
+    mini_batch_size: int = Field(16, ge=1, description="episodes per optimizer step, over all processes")
+    micro_batch_size: int = Field(16, ge=1, description="episodes per forward pass on one process")
+    ppo_epochs: int = Field(4, ge=1, description="passes over each batch (a2c: always 1)")
+    learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate (policy and critic)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("linear", description="decay after warm-up")
+    kl_coef: float = Field(0.05, ge=0, description="β: weight of the per-token KL penalty (initial value if adaptive)")
+    kl_estimator: KLEstimator = Field("k1", description="per-token KL estimate in the penalty: k1, k2 or k3")
+    kl_target: float | None = Field(None, gt=0, description="adaptive β: target KL per response in nats (None: fixed)")
+    kl_horizon: int = Field(10_000, ge=1, description="adaptive β: horizon in episodes (Ziegler et al.)")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount γ")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    cliprange: float = Field(0.2, gt=0, description="PPO ratio clip ε")
+    cliprange_value: float = Field(0.2, gt=0, description="value clip ε_v")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    whiten_advantages: bool = Field(True, description="normalise advantages over the batch")
+    reward_norm: bool = Field(False, description="normalise scores by their running mean and std")
+    reward_clip: float | None = Field(None, gt=0, description="clip (normalised) scores to ±this (None: off)")
+    missing_eos_penalty: float = Field(0.0, ge=0, description="subtracted from the score of responses with no EOS")
+    ptx_coef: float = Field(0.0, ge=0, description="PPO-ptx: weight γ of the LM loss on ptx_data (0: off)")
+    ptx_data: str | None = Field(None, description="PPO-ptx data: a .txt[.gz] corpus (e.g. austen) or SFT records")
+    ptx_batch_size: int = Field(8, ge=1, description="PPO-ptx sequences per optimizer step, over all processes")
+    ptx_max_length: int = Field(128, ge=2, description="PPO-ptx tokens per sequence")
+    log_samples: int = Field(4, ge=0, description="responses written to samples.jsonl at each logged step")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters on the policy")
+    output_dir: str = Field("runs/ppo", description="where checkpoints, metrics.jsonl and the model go")
+    group_by_length: bool = Field(False, description="batch prompts of similar length")
+    eval_every: int = Field(10, ge=0, description="held-out evaluation every N steps (0: only at the end)")
+    log_every: int = Field(1, ge=1, description="write metrics every N steps")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PPOConfig:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of mini_batch_size")
+        if self.ptx_coef > 0 and self.ptx_data is None:
+            raise ValueError("ptx_coef > 0 needs ptx_data")
+        return self
+
+    @property
+    def epochs_per_batch(self) -> int:
+        return 1 if self.algo == "a2c" else self.ppo_epochs
+
+    @property
+    def shaping(self) -> RewardShaping:
+        return RewardShaping(
+            self.kl_estimator,
+            self.missing_eos_penalty,
+            self.reward_norm,
+            self.reward_clip,
+            self.gamma,
+            self.lam,
+            self.whiten_advantages,
+        )
+
+
+class PPOState:
+    """What an update needs besides the rollout; built once per run."""
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        accelerator: Accelerator,
+        model: ActorCritic,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        pad_id: int,
+        ptx: list[TokenSequence],
+    ) -> None:
+        self.config = config
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.pad_id = pad_id
+        self.ptx = ptx
+        self.ptx_order = (
+            BatchOrder([len(s.input_ids) for s in ptx], config.ptx_batch_size, config.seed, False) if ptx else None
+        )
+
+
+def minibatches(config: PPOConfig, step: int, epoch: int) -> list[list[int]]:
+    """The global rows of each minibatch of one epoch: a permutation seeded by (seed, step, epoch)."""
+    generator = torch.Generator().manual_seed(hash((config.seed, step, epoch)) % (2**63))
+    order = torch.randperm(config.batch_size, generator=generator).tolist()
+    return chunks(order, config.mini_batch_size)
+
+
+def ppo_losses(
+    state: PPOState, rollout: Rollout, rows: list[int]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """(Σ of token losses, per-token statistics, token count) of some local rows of the rollout."""
+    config = state.config
+    batch = batch_on([rollout.sequences[i] for i in rows], state.pad_id, state.accelerator.device)
+    logprobs, values, _ = state.model(batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool())
+    device = logprobs.device
+    old_logprobs, old_values, advantages, returns = (
+        gather_tokens(t, rows, rollout.mask).to(device)
+        for t in (rollout.logprobs, rollout.values, rollout.advantages, rollout.returns)
+    )
+    if config.algo == "a2c":
+        policy_loss, stats = policy_gradient(logprobs, advantages)
+        value_loss, value_stats = clipped_value_loss(values, old_values, returns, None)
+    else:
+        policy_loss, stats = clipped_surrogate(logprobs, old_logprobs, advantages, config.cliprange)
+        value_loss, value_stats = clipped_value_loss(values, old_values, returns, config.cliprange_value)
+    loss = policy_loss + config.vf_coef * value_loss
+    stats = {f"ppo/{k}": v for k, v in stats.items()} | {f"value/{k}": v for k, v in value_stats.items()}
+    stats |= {"ppo/policy_loss": policy_loss.detach(), "value/loss": value_loss.detach()}
+    return loss.sum(), stats, torch.tensor(float(logprobs.numel()))
+
+
+def ptx_loss(state: PPOState, sequences: list[TokenSequence]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ NLL, trained tokens) of a pretraining micro-batch, at temperature 1."""
+    batch = batch_on(sequences, state.pad_id, state.accelerator.device)
+    logprobs, _, _ = state.model(batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool(), lm_only=True)
+    return -logprobs.sum(), torch.tensor(float(logprobs.numel()))
+
+
+def global_sum(accelerator: Accelerator, value: float) -> float:
+    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="sum").item()
+
+
+def optimizer_update(
+    state: PPOState, rollout: Rollout, members: list[int], update_index: int, metrics: StepMetrics
+) -> None:
+    """One optimizer step on the global minibatch `members` (rows of the global batch)."""
+    accelerator, config = state.accelerator, state.config
+    rank, world = accelerator.process_index, accelerator.num_processes
+    local = [g // world for g in members if g % world == rank]  # process r sampled rows r, r + W, ...
+    tokens = global_sum(accelerator, float(rollout.mask[local].sum()))
+    # a process with no row in this minibatch still takes part in DDP's gradient sync, with weight 0
+    weight = 1.0 if local else 0.0
+    parts = chunks(local or [0], config.micro_batch_size)
+    if state.ptx_order is not None:
+        ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
+        ptx_parts = [[state.ptx[i] for i in part] for part in chunks(ptx_rows, config.micro_batch_size)]
+        ptx_tokens = global_sum(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
+        for part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
+            with accelerator.no_sync(state.model), accelerator.autocast():
+                nll, count = ptx_loss(state, part)
+                accelerator.backward(config.ptx_coef * nll * world / max(ptx_tokens, 1.0))
+            metrics.add_total("ptx/loss", nll.detach(), count)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(state.model), accelerator.autocast():
+            loss, stats, _ = ppo_losses(state, rollout, part)
+            accelerator.backward(weight * loss * world / max(tokens, 1.0))
+        if local:
+            metrics.add(stats)
+    grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm)
+    metrics.add_total("train/grad_norm", float(grad_norm) / world, 1.0 / world)  # the same on every process
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]:
+    """`epochs_per_batch` passes over the batch in minibatches; the metrics averaged over all of them."""
+    config = state.config
+    metrics = StepMetrics()
+    updates_per_epoch = config.batch_size // config.mini_batch_size
+    for epoch in range(config.epochs_per_batch):
+        for j, members in enumerate(minibatches(config, step, epoch)):
+            update_index = ((step - 1) * config.epochs_per_batch + epoch) * updates_per_epoch + j
+            optimizer_update(state, rollout, members, update_index, metrics)
+    return metrics.mean(state.accelerator) | {"train/lr": state.scheduler.get_last_lr()[0]}
+
+
+def evaluate(
+    state: PPOState,
+    reference: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Text],
+    reward: CombinedReward,
+    kl: KLController,
+    moments: RunningMoments,
+) -> dict[str, float]:
+    """Rollout metrics on held-out prompts, sampled with the same seeds at every evaluation; nothing trains."""
+    accelerator, config = state.accelerator, state.config
+    rows = shard(list(range(len(prompts))), accelerator.process_index, accelerator.num_processes)
+    _, metrics = collect_rollout(
+        accelerator,
+        accelerator.unwrap_model(state.model),
+        reference,
+        tokenizer,
+        [prompts[i] for i in rows],
+        rows,
+        row_seeds(config.seed, -1, rows),
+        reward,
+        kl,
+        moments,
+        config.shaping,
+        config.sampling,
+        config.micro_batch_size,
+        gold_function(config.gold) if config.gold else None,
+        update_statistics=False,
+    )
+    return {f"eval/{key}": value for key, value in metrics.items() if not key.startswith(("ppo/", "value/"))}
+
+
+def write_samples(path: Path, step: int, rollout: Rollout, count: int) -> None:
+    with path.open("a") as f:
+        rows = zip(rollout.prompts, rollout.texts, rollout.scores.tolist(), strict=True)
+        for prompt, text, score in list(rows)[:count]:
+            f.write(json.dumps({"step": step, "prompt": prompt, "response": text, "score": score}) + "\n")
+
+
+def train_ppo(
+    config: PPOConfig,
+    accelerator: Accelerator,
+    model: ActorCritic,
+    reference: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Text],
+    eval_prompts: list[Text],
+    reward: CombinedReward,
+    ptx: list[TokenSequence],
+) -> TrainResult:
+    """The PPO loop of the module docstring; returns the last step's metrics."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    order = BatchOrder([len(str(p)) for p in prompts], config.batch_size, config.seed, config.group_by_length)
+    steps = total_steps(config, order)
+    updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
+    optimizer, scheduler = build_optimizer(model, config, updates)
+    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
+    accelerator.register_for_checkpointing(kl, moments)
+    state = PPOState(config, accelerator, prepared, optimizer, scheduler, tokenizer.pad_token_id, ptx)
+    gold = gold_function(config.gold) if config.gold else None
+    start = resume(accelerator, output_dir) if config.resume else 0
+    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
+    samples_file = output_dir / "samples.jsonl"
+    if accelerator.is_main_process and start == 0:
+        samples_file.unlink(missing_ok=True)
+    if start == 0 and eval_prompts:  # the starting policy, so every run shows what training changed
+        log.write(0, evaluate(state, reference, tokenizer, eval_prompts, reward, kl, moments))
+    metrics: dict[str, float] = {}
+    rows = shard(list(range(config.batch_size)), rank, world)
+    with progress_bar(accelerator.is_main_process) as bar:
+        task = bar.add_task("ppo", total=steps, completed=start)
+        for step in range(start + 1, steps + 1):
+            started = time.perf_counter()
+            batch = order.global_batch(step - 1)
+            rollout, metrics = collect_rollout(
+                accelerator,
+                model,
+                reference,
+                tokenizer,
+                [prompts[batch[r]] for r in rows],
+                rows,
+                row_seeds(config.seed, step, rows),
+                reward,
+                kl,
+                moments,
+                config.shaping,
+                config.sampling,
+                config.micro_batch_size,
+                gold,
+            )
+            metrics["kl/beta"] = kl.beta
+            kl.update(metrics["kl/penalty"], config.batch_size)
+            rollout_seconds = time.perf_counter() - started
+            metrics |= ppo_update(state, rollout, step)
+            seconds = time.perf_counter() - started
+            metrics |= {
+                "perf/episodes_per_s": config.batch_size / seconds,
+                "perf/tokens_per_s": config.batch_size * metrics["response/length"] / seconds,
+                "perf/rollout_share": rollout_seconds / seconds,
+            }
+            description = f"ppo score {metrics['reward/score']:.3f} kl {metrics['kl/k1']:.2f}"
+            bar.update(task, advance=1, description=description)
+            if eval_prompts and ((config.eval_every and step % config.eval_every == 0) or step == steps):
+                metrics |= evaluate(state, reference, tokenizer, eval_prompts, reward, kl, moments)
+                bar.console.print(
+                    f"step {step}: held-out score {metrics['eval/reward/score']:.3f} kl {metrics['eval/kl/k1']:.2f}"
+                )
+            if step % config.log_every == 0 or step == steps:
+                log.write(step, metrics)
+                if accelerator.is_main_process and config.log_samples:
+                    write_samples(samples_file, step, rollout, config.log_samples)
+            if config.save_every and step % config.save_every == 0 and step < steps:
+                save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
+    log.close()
+    return TrainResult(steps=steps, final_metrics=metrics)
+
+
+def read_prompts(path: str, limit: int | None = None) -> list[Text]:
+    records = load_records(assets.resolve(path), "prompt")
+    if not records:
+        raise DataError(f"{path}: no prompts")
+    return [r.prompt for r in records][:limit]
+
+
+def load_ptx(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> list[TokenSequence]:
+    """PPO-ptx sequences: blocks of a text corpus, or SFT records (loss on their responses)."""
+    if config.ptx_coef == 0 or config.ptx_data is None:
+        return []
+    path = assets.resolve(config.ptx_data)
+    if path.endswith((".txt", ".txt.gz")):
+        return blocks(tokenizer, read_paragraphs(Path(path)), config.ptx_max_length)
+    return [tokenize_sft(tokenizer, r, config.ptx_max_length) for r in load_records(path, "sft")]
+
+
+def reward_model_source(config: PPOConfig) -> str | None:
+    """The first reward-model directory among the reward terms (what critic=reward starts from)."""
+    return next((r.source for r in config.rewards if is_reward_model(r.source)), None)
+
+
+def ppo(config: PPOConfig) -> Path:
+    """Tune `config.model` against `config.rewards`; returns the directory of the saved policy."""
+    if config.prompts is None:
+        raise ConfigError("prompts: no prompts given; set prompts=PATH (prompt records) or prompts=demo-prompts")
+    if not config.rewards:
+        raise ConfigError("rewards: no reward given; e.g. --set 'rewards=[{source: runs/reward}]' or source: vader")
+    accelerator = start_run(config, config)
+    tokenizer = load_tokenizer(config.model)
+    prompts = read_prompts(config.prompts)
+    eval_prompts = read_prompts(config.eval_prompts, config.eval_size) if config.eval_prompts else []
+    set_seed(config.seed)  # a pad token added to the vocabulary gets a seeded embedding
+    policy = load_model(config.model, tokenizer, config.lora)
+    model = build_actor_critic(
+        policy, config.model, tokenizer, config.critic, reward_model_source(config), config.sampling.temperature
+    )
+    disable_dropout(model)  # log-probabilities must not depend on a dropout draw: ratio 1 before any update
+    model.to(accelerator.device)
+    reference = None
+    if not config.lora.enabled or config.ref_model is not None:
+        reference = load_model(config.ref_model or config.model, tokenizer).to(accelerator.device).eval()
+        reference.requires_grad_(False)
+    reward = CombinedReward(config.rewards, accelerator.device)
+    ptx = load_ptx(config, tokenizer)
+    terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
+    accelerator.print(
+        f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step, "
+        f"critic {config.critic}, reward {terms}"
+    )
+    result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
+    summary = {"steps": result.steps, **result.final_metrics}
+    return finish_run(accelerator, policy, tokenizer, Path(config.output_dir), summary)

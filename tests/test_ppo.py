@@ -1,0 +1,203 @@
+"""`rlhfkit ppo` on a tiny model: the first step, the critics, LoRA, a rising reward, and exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM
+
+from rlhfkit import assets
+from rlhfkit.labeling.simulated import vader
+from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.ops import last_index
+from rlhfkit.ppo.controllers import KLController, RunningMoments
+from rlhfkit.ppo.model import build_actor_critic, folded_reward_head
+from rlhfkit.ppo.rewards import CombinedReward, RewardSource
+from rlhfkit.ppo.rollout import collect_rollout, row_seeds
+from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, read_prompts
+from rlhfkit.reward.model import RewardModel
+from rlhfkit.training.lm_trainer import build_optimizer
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """An untrained reward model on the tiny backbone: a fixed random linear read-out of the last hidden state."""
+    torch.manual_seed(1)
+    model = RewardModel.from_pretrained(str(tiny_model_dir), heads=["reward"])
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # a spread of rewards worth climbing
+    return model.save(tmp_path_factory.mktemp("reward") / "rm")
+
+
+@pytest.fixture(scope="module")
+def sentiment_reward_dir(tmp_path_factory: pytest.TempPathFactory, austen_paragraphs: list[str]) -> Path:
+    """A reward model on tiny-austen whose head is a linear probe: the direction from the mean last hidden
+    state of Austen's most negative sentences (VADER) to that of her most positive ones, normalised."""
+    candidates = {s.strip() + "." for p in austen_paragraphs for s in p.split(".") if 20 < len(s) < 120}
+    sentences = sorted(candidates, key=lambda s: (vader("", s), s))
+    negative, positive = sentences[:150], sentences[-150:]
+    model = RewardModel.from_pretrained("tiny-austen", heads=["sentiment"])
+    with torch.no_grad():
+        hidden = {}
+        for name, texts in (("negative", negative), ("positive", positive)):
+            ids, mask = model.collate([model.encode("", t) for t in texts])
+            states = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden[name] = states[torch.arange(len(texts)), last_index(mask)].mean(0)
+        model.head.weight.copy_((hidden["positive"] - hidden["negative"])[None])
+        model.head.bias.zero_()
+    model.fit_normalization([""] * 300, negative + positive)
+    return model.save(tmp_path_factory.mktemp("sentiment") / "rm")
+
+
+def small_config(out: Path, model_dir: Path, rewards: list[dict], **extra) -> PPOConfig:
+    settings = {
+        "model": str(model_dir),
+        "prompts": "demo-prompts",
+        "rewards": rewards,
+        "output_dir": str(out),
+        "batch_size": 8,
+        "mini_batch_size": 4,
+        "micro_batch_size": 2,  # two micro-batches per optimizer step: gradient accumulation
+        "ppo_epochs": 2,
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        "sampling": {"max_new_tokens": 8},
+        "eval_every": 0,
+        "num_threads": 2,
+        "log_samples": 2,
+    }
+    return PPOConfig.model_validate(settings | extra)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def first_rollout(config: PPOConfig):
+    """A state before any update and the first rollout of `config`."""
+    accelerator = Accelerator(cpu=True)
+    tokenizer = load_tokenizer(config.model)
+    policy = load_model(config.model, tokenizer, config.lora)
+    model = build_actor_critic(
+        policy, config.model, tokenizer, config.critic, config.rewards[0].source, config.sampling.temperature
+    )
+    reference = None if config.lora.enabled else load_model(config.model, tokenizer).eval()
+    reward = CombinedReward(config.rewards, accelerator.device)
+    rows = list(range(config.batch_size))
+    prompts = read_prompts(config.prompts)[: config.batch_size]
+    kl = KLController(config.kl_coef)
+    rollout, stats = collect_rollout(
+        accelerator, model, reference, tokenizer, prompts, rows, row_seeds(0, 1, rows), reward, kl,
+        RunningMoments(), config.shaping, config.sampling, config.micro_batch_size,
+    )  # fmt: skip
+    optimizer, scheduler = build_optimizer(model, config, 1)
+    state = PPOState(config, accelerator, model, optimizer, scheduler, tokenizer.pad_token_id, [])
+    return state, rollout, stats
+
+
+@pytest.mark.parametrize("critic", ["shared", "policy", "reward"])
+def test_first_step_has_zero_kl_and_ratio_one(tmp_path: Path, tiny_model_dir: Path, reward_dir: Path, critic: str):
+    rewards = [{"source": str(reward_dir)}, {"source": "length", "weight": 0.1}]
+    config = small_config(tmp_path, tiny_model_dir, rewards, critic=critic, missing_eos_penalty=1.0)
+    state, rollout, stats = first_rollout(config)
+    assert stats["kl/k1"] == 0 and stats["kl/k3"] == 0
+    # the score is the weighted sum of the terms; with KL 0 the return is the score minus the EOS penalty
+    assert stats["reward/score"] == pytest.approx(stats["reward/rm"] + 0.1 * stats["reward/length"], abs=1e-5)
+    missing = 1 - stats["response/ended"]
+    assert stats["reward/total"] == pytest.approx(stats["reward/score"] - missing, abs=1e-5)
+    _, per_token, tokens = ppo_losses(state, rollout, [0, 1, 2])
+    assert torch.equal(per_token["ppo/ratio"], torch.ones(int(tokens)))  # same weights, same temperature
+    assert not per_token["ppo/clipped"].any()
+
+
+def test_critic_from_the_reward_model_starts_at_its_score(tiny_model_dir: Path):
+    model = RewardModel.from_pretrained(str(tiny_model_dir), heads=["helpful", "harmless"], weights={"helpful": 1.0})
+    model.weights = {"helpful": 1.0, "harmless": 2.0}
+    model.gain.copy_(torch.tensor([2.0, 0.5]))
+    model.bias.copy_(torch.tensor([0.1, -0.3]))
+    head = folded_reward_head(model)
+    hidden = torch.randn(5, model.head.in_features)
+    heads = model.head(hidden) * model.gain + model.bias
+    assert torch.allclose(head(hidden).squeeze(-1), heads[:, 0] + 2 * heads[:, 1], atol=1e-5)
+
+
+def test_lora_reference_is_the_policy_with_adapters_off(tmp_path: Path, tiny_model_dir: Path):
+    lora = {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["c_attn"]}
+    config = small_config(tmp_path, tiny_model_dir, [{"source": "length"}], critic="shared", lora=lora)
+    state, rollout, stats = first_rollout(config)
+    assert stats["kl/k1"] == 0
+    policy = state.model.policy
+    with torch.no_grad():
+        for p in policy.parameters():  # move the adapters: the policy changes, the reference must not
+            if p.requires_grad:
+                p.add_(0.05)
+    base = load_model(str(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+    ids = torch.tensor([rollout.sequences[0].input_ids])
+    scored = torch.tensor([rollout.sequences[0].loss_mask[1:]]).bool()
+    ones = torch.ones_like(ids)
+    ref = state.model.reference_logprobs(None, ids, ones, scored)
+    logp, _, _ = state.model(ids, ones, scored)
+    expected = torch.log_softmax(base(ids).logits[:, :-1][scored], -1).gather(-1, ids[:, 1:][scored][:, None])
+    assert torch.allclose(ref, expected.squeeze(-1), atol=1e-5)
+    assert not torch.allclose(logp, ref, atol=1e-3)
+
+
+def test_ppo_raises_the_reward_model_score(tmp_path: Path, sentiment_reward_dir: Path):
+    config = small_config(
+        tmp_path, Path(assets.resolve("tiny-austen")), [{"source": str(sentiment_reward_dir)}], max_steps=8,
+        batch_size=32, mini_batch_size=16, micro_batch_size=16, learning_rate=1e-4, critic="shared",
+        eval_prompts="demo-prompts", eval_size=64, sampling={"max_new_tokens": 12},
+    )  # fmt: skip
+    out = ppo(config)
+    logged = metrics(out)
+    start, end = logged[0]["eval/reward/score"], logged[-1]["eval/reward/score"]  # the same 64 held-out prompts
+    assert end > start + 0.3, (start, end)
+    scores = [m["reward/score"] for m in logged[1:]]
+    assert sum(scores[-3:]) > sum(scores[:3]), scores
+    assert logged[-1]["kl/k1"] > 0  # it moved away from the reference to get there
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 8 and {"prompt", "response", "score"} <= set(samples[0])
+
+
+def test_a2c_and_ptx_and_adaptive_beta(tmp_path: Path, tiny_model_dir: Path):
+    config = small_config(
+        tmp_path, tiny_model_dir, [{"source": "length"}], algo="a2c", ptx_coef=0.5, ptx_data="austen",
+        ptx_batch_size=4, ptx_max_length=16, kl_target=0.01, kl_horizon=16, critic="shared",
+    )  # fmt: skip
+    logged = metrics(ppo(config))
+    assert all("ppo/clipped" not in m for m in logged)  # a2c: no ratio clipping
+    assert all(0 < m["ptx/loss"] < 20 for m in logged)
+    betas = [m["kl/beta"] for m in logged]
+    assert betas[0] == 0.05 and betas[-1] != betas[0]  # adaptive: β moved
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path, reward_dir: Path):
+    settings = {"max_steps": 4, "save_every": 2, "reward_norm": True, "kl_target": 1.0, "kl_horizon": 16}
+    rewards = [{"source": str(reward_dir)}]
+    full = ppo(small_config(tmp_path / "a", tiny_model_dir, rewards, **settings))
+    out = ppo(small_config(tmp_path / "b", tiny_model_dir, rewards, **settings))
+    for path in out.iterdir():  # as if killed after the step-2 checkpoint
+        if path.is_file() and path.name not in ("metrics.jsonl", "samples.jsonl"):
+            path.unlink()
+    ppo(small_config(tmp_path / "b", tiny_model_dir, rewards, **settings, resume=True))
+    a, b = metrics(full), metrics(out)
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        for key in ("reward/score", "kl/k1", "kl/beta", "ppo/policy_loss", "value/loss"):
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
+    pa = AutoModelForCausalLM.from_pretrained(full).state_dict()
+    pb = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+
+
+def test_reward_sources_combine_with_weights():
+    reward = CombinedReward(
+        [RewardSource(source="length", weight=2.0), RewardSource(source="length", weight=-0.5)], torch.device("cpu")
+    )
+    total, terms = reward(["p", "q"], ["one two three", "one"])
+    assert reward.names == ["length-0", "length-1"]
+    assert torch.allclose(total, torch.tensor([4.5, 1.5]))
+    assert torch.equal(terms["length-0"], torch.tensor([3.0, 1.0]))
