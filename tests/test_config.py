@@ -4,7 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app, main
-from rlhfkit.config import ConfigError, load_config
+from rlhfkit.config import ConfigError, config_help, load_config
+from rlhfkit.quickstart import QuickstartConfig
 from rlhfkit.sft.train import SFTConfig
 
 
@@ -49,3 +50,20 @@ def test_cli_help_lists_every_field_with_default():
     for name in SFTConfig.model_fields:
         assert name in result.output
     assert "lora.target_modules" in result.output and "default 0.0001" in result.output
+
+
+def test_a_section_set_in_part_keeps_the_rest_of_its_default(tmp_path: Path):
+    # The quickstart's own SFT, PPO and sampling defaults differ from the classes' defaults.
+    config = load_config(QuickstartConfig, None, ["sft.max_steps=4", "ppo.sampling.max_new_tokens=6"])
+    assert config.sft.max_steps == 4 and config.sft.learning_rate == 3e-4 and config.sft.warmup_steps == 10
+    assert config.ppo.sampling.max_new_tokens == 6 and config.ppo.sampling.temperature == 1.0
+    assert config.ppo.prompts == "demo-sft" and config.ppo.max_steps == 20
+    path = tmp_path / "quick.yaml"
+    path.write_text("candidates:\n  temperature: 0.5\n")
+    from_file = load_config(QuickstartConfig, path)
+    assert from_file.candidates.temperature == 0.5 and from_file.candidates.max_new_tokens == 16
+
+
+def test_help_shows_a_section_default_from_its_enclosing_config():
+    rows = {name: default for name, _, default, _ in config_help(QuickstartConfig)}
+    assert rows["sft.learning_rate"] == "0.0003" and rows["ppo.max_steps"] == "20"

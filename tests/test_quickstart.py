@@ -30,6 +30,14 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
                 "--set",
                 "dpo.max_steps=2",
                 "--set",
+                "ppo.max_steps=2",
+                "--set",
+                "ppo.batch_size=8",
+                "--set",
+                "ppo.mini_batch_size=4",
+                "--set",
+                "ppo.sampling.max_new_tokens=6",
+                "--set",
                 f"dpo.ref_cache_dir={tmp_path / 'ref-cache'}",
                 "--set",
                 "eval_prompts=8",
@@ -45,7 +53,10 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
     assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 16  # one ranking of 4 per prompt
     assert (tmp_path / "reward" / "reward_model.json").exists() and (tmp_path / "reward" / "eval.json").exists()
     assert (tmp_path / "dpo" / "model.safetensors").exists()
-    assert "KL to SFT" in out and "DPO" in out
+    ppo_log = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in ppo_log] == [1, 2] and "gold/score" in ppo_log[0]  # VADER logged, not trained on
+    assert (tmp_path / "ppo" / "model.safetensors").exists()
+    assert "KL to SFT" in out and "PPO" in out and "DPO" in out
 
 
 def test_best_vs_worst_takes_one_pair_per_ranking_and_skips_all_ties(tmp_path: Path):

@@ -25,7 +25,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-label_app = typer.Typer(help="Labels for sampled replies: simulated labelers, AI judges, agreement.", no_args_is_help=True)
+label_app = typer.Typer(
+    help="Labels for sampled replies: simulated labelers, AI judges, agreement.", no_args_is_help=True
+)
 app.add_typer(label_app, name="label")
 cai_app = typer.Typer(help="Constitutional AI: critique and revise with written principles.", no_args_is_help=True)
 app.add_typer(cai_app, name="cai")

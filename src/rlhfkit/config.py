@@ -44,14 +44,38 @@ def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _section_class(field: Any) -> type[BaseModel] | None:
+    """The config class of a nested section field (`sft: SFTConfig`, `lora: LoraSettings | None`), else None."""
+    annotation = getattr(field, "annotation", None)
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _fill_sections(cls: type[BaseModel], data: dict[str, Any], default: BaseModel | None) -> dict[str, Any]:
+    """Sections given in part keep the rest of their default: `--set sft.max_steps=4` on the quickstart keeps
+    the learning rate its `sft` default sets, not SFTConfig's own. Priority: given > the enclosing default's
+    value > the section's own default."""
+    filled = dict(data)
+    for name, value in data.items():
+        field = cls.model_fields.get(name)
+        section = _section_class(field)
+        if section is None or not isinstance(value, dict):
+            continue
+        if default is not None and name in default.model_fields_set:
+            section_default = getattr(default, name)
+        else:
+            section_default = field.get_default(call_default_factory=True)
+        base = section_default.model_dump(exclude_unset=True) if isinstance(section_default, BaseModel) else {}
+        given_default = section_default if isinstance(section_default, BaseModel) else None
+        filled[name] = {**base, **_fill_sections(section, value, given_default)}
+    return filled
+
+
 def _field_names(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Names of the fields of the (possibly nested) model that `loc` points into."""
     model: Any = cls
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None)
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = _section_class(model.model_fields.get(part) if isinstance(part, str) else None)
         if model is None:
             return []
     return list(model.model_fields)
@@ -95,7 +119,7 @@ def load_config(cls: type[C], path: Path | str | None = None, overrides: list[st
     if overrides:
         source += " + --set"
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(_fill_sections(cls, data, None))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(cls, exc, source)) from None
 
@@ -106,8 +130,11 @@ def _describe_default(value: Any) -> str:
     return repr(value)
 
 
-def config_help(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(name, type, default, description) for every field, nested sections flattened with dots."""
+def config_help(
+    cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) for every field, nested sections flattened with dots; a section's
+    defaults are those its enclosing config gives it (the quickstart's `sft.learning_rate`, not SFTConfig's)."""
     rows = []
     for name, field in cls.model_fields.items():
         annotation = field.annotation
@@ -116,10 +143,10 @@ def config_help(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
             type_name = " | ".join(str(choice) for choice in get_args(annotation))
         else:
             type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         if nested is not None:
-            rows.extend(config_help(nested, prefix=f"{prefix}{name}."))
+            rows.extend(config_help(nested, f"{prefix}{name}.", default if isinstance(default, nested) else None))
             continue
-        default = field.get_default(call_default_factory=True)
         rows.append((prefix + name, type_name, _describe_default(default), field.description or ""))
     return rows
 

@@ -3,8 +3,9 @@
 SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuations of Austen sentence
 openings, with samples for held-out openings printed before and after; then K continuations per prompt
 from the SFT model, ranked by a simulated labeler who prefers positive sentiment (VADER), and a reward
-model trained on those rankings, with its accuracy on held-out prompts; then DPO on the best-vs-worst pair
-of each ranking, and a table of gold sentiment, KL to the SFT model and diversity for SFT and DPO.
+model trained on those rankings, with its accuracy on held-out prompts; then PPO against that reward model
+and DPO on the best-vs-worst pair of each ranking; last, a table of gold sentiment, KL to the SFT model
+and diversity for SFT, PPO and DPO, and their continuations of the same held-out openings side by side.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
 from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.ppo.rewards import RewardSource
+from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.sft.train import SFTConfig, sft
 
@@ -60,6 +63,12 @@ class QuickstartConfig(Config):
         default_factory=lambda: RewardConfig(epochs=1, learning_rate=1e-3, warmup_steps=5, eval_every=0),
         description="the reward-model stage (its model and data are set by the quickstart)",
     )
+    ppo: PPOConfig = Field(
+        default_factory=lambda: PPOConfig(
+            prompts="demo-sft", max_steps=20, learning_rate=3e-5, kl_coef=0.05, eval_every=0, log_samples=2
+        ),
+        description="the PPO stage, against the reward model (model and rewards set by the quickstart)",
+    )
     dpo: DPOConfig = Field(
         default_factory=lambda: DPOConfig(epochs=1, learning_rate=1e-4, eval_every=0, log_every=10),
         description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
@@ -82,17 +91,12 @@ def quickstart(config: QuickstartConfig) -> None:
     output_dir = Path(config.output_dir)
     sft_config = config.sft.model_copy(update={"output_dir": str(output_dir / "sft")})
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.show]
-    console.rule(f"1/5 SFT of {sft_config.model} on {sft_config.data}")
+    console.rule(f"1/6 SFT of {sft_config.model} on {sft_config.data}")
     before = samples_for(sft_config.model, prompts, config)
     sft_dir = sft(sft_config)
     after = samples_for(str(sft_dir), prompts, config)
-    console.rule("2/5 samples for held-out openings, before and after SFT")
-    table = Table(show_lines=True)
-    for column in ("prompt", f"{sft_config.model}", "after SFT"):
-        table.add_column(column, overflow="fold")
-    for row in zip(prompts, before, after, strict=True):
-        table.add_row(*row)
-    console.print(table)
+    console.rule("2/6 samples for held-out openings, before and after SFT")
+    print_samples(prompts, {sft_config.model: before, "after SFT": after})
     losses = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in losses if "eval/loss" in m]
     console.print(
@@ -106,7 +110,18 @@ def quickstart(config: QuickstartConfig) -> None:
         f"{int(metrics['eval/reward/pairs'])} pairs of continuations of prompts it never saw "
         f"(chance 0.5); model saved to {reward_dir}"
     )
-    console.rule("5/5 DPO on the best-vs-worst pair of each ranking; gold sentiment and KL on held-out prompts")
+    console.rule(f"5/6 PPO against the reward model, {config.ppo.max_steps} steps of {config.ppo.batch_size} episodes")
+    ppo_dir = ppo(
+        config.ppo.model_copy(
+            update={
+                "model": str(sft_dir),
+                "rewards": [RewardSource(source=str(reward_dir))],
+                "gold": config.labeler.gold,
+                "output_dir": str(output_dir / "ppo"),
+            }
+        )
+    )
+    console.rule("6/6 DPO on the best-vs-worst pair of each ranking; gold sentiment and KL on held-out prompts")
     dpo_dir = dpo(
         config.dpo.model_copy(
             update={
@@ -116,7 +131,19 @@ def quickstart(config: QuickstartConfig) -> None:
             }
         )
     )
-    print_policy_table(config, {"SFT": sft_dir, "DPO": dpo_dir}, reference=sft_dir)
+    policies = {"SFT": sft_dir, "PPO": ppo_dir, "DPO": dpo_dir}
+    print_samples(prompts, {name: samples_for(str(path), prompts, config) for name, path in policies.items()})
+    print_policy_table(config, policies, reference=sft_dir)
+
+
+def print_samples(prompts: list[str], continuations: dict[str, list[str]]) -> None:
+    """One row per prompt, one column per model."""
+    table = Table(show_lines=True)
+    for column in ("prompt", *continuations):
+        table.add_column(column, overflow="fold")
+    for prompt, *row in zip(prompts, *continuations.values(), strict=True):
+        table.add_row(prompt, *row)
+    console.print(table)
 
 
 def best_vs_worst(rankings: Path, output: Path) -> Path:
@@ -165,7 +192,7 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
     prompts_file = output_dir / "reward-prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in reward_prompts(config.reward_prompts)))
     k = config.samples_per_prompt
-    console.rule(f"3/5 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
+    console.rule(f"3/6 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
     candidates = generate(
         GenerateConfig(
             model=str(sft_dir),
@@ -179,7 +206,7 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
     labels = simulate(
         config.labeler.model_copy(update={"candidates": str(candidates), "output": str(output_dir / "labels.jsonl")})
     )
-    console.rule(f"4/5 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
+    console.rule(f"4/6 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
     reward_config = config.reward.model_copy(
         update={
             "model": str(sft_dir),
