@@ -44,6 +44,28 @@ def test_generation_stops_at_eos_and_pads_after(tiny_model_dir: Path):
     assert out.prompt_mask[:, -1].all()  # left padding: every prompt ends at the last column
 
 
+def test_seeded_rows_sample_the_same_whatever_their_batch(tiny_model_dir: Path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), tokenizer).eval()
+    prompts = ["Emma was", "It is a truth universally acknowledged that", "Mr. Darcy", "She"]
+    settings = SamplingSettings(max_new_tokens=10, top_k=50)
+    together = sample(model, tokenizer, prompts, settings, seeds=[11, 12, 13, 14]).texts
+    torch.manual_seed(123)  # the global generator plays no part
+    seeds = [11, 12, 13, 14]
+    apart = [sample(model, tokenizer, [p], settings, seeds=[s]).texts[0] for p, s in zip(prompts, seeds, strict=True)]
+    assert together == apart
+    assert sample(model, tokenizer, prompts[:1], settings, seeds=[99]).texts != together[:1]
+
+
+def test_seeded_sampling_draws_from_the_softmax():
+    from rlhfkit.generation.sampling import SeededGumbelSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(4000, 4)
+    sampler = SeededGumbelSampler(list(range(4000)), SamplingSettings(temperature=2.0))
+    counts = torch.bincount(sampler(torch.zeros(4000, 1, dtype=torch.long), logits).argmax(-1), minlength=4)
+    assert torch.allclose(counts / 4000, torch.softmax(logits[0] / 2.0, -1), atol=0.03)
+
+
 def test_generate_command_writes_k_responses_per_prompt(tmp_path: Path, tiny_model_dir: Path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Emma was"}\n{"prompt": [{"role": "user", "content": "Hello"}]}\n')

@@ -89,7 +89,7 @@ def first_rollout(config: PPOConfig):
     prompts = read_prompts(config.prompts)[: config.batch_size]
     kl = KLController(config.kl_coef)
     rollout, stats = collect_rollout(
-        accelerator, model, reference, tokenizer, prompts, rows, row_seeds(0, 1, rows), reward, kl,
+        accelerator, model, reference, tokenizer, prompts, row_seeds(0, 1, rows), reward, kl,
         RunningMoments(), config.shaping, config.sampling, config.micro_batch_size,
     )  # fmt: skip
     optimizer, scheduler = build_optimizer(model, config, 1)
@@ -109,6 +109,12 @@ def test_first_step_has_zero_kl_and_ratio_one(tmp_path: Path, tiny_model_dir: Pa
     assert stats["reward/total"] == pytest.approx(stats["reward/score"] - missing, abs=1e-5)
     _, per_token, tokens = ppo_losses(state, rollout, [0, 1, 2])
     assert torch.equal(per_token["ppo/ratio"], torch.ones(int(tokens)))  # same weights, same temperature
+    first = rollout.sequences[0]
+    ids, scored = torch.tensor([first.input_ids]), torch.tensor([first.loss_mask[1:]]).bool()
+    logprobs, values, _ = state.model(ids, torch.ones_like(ids), scored)
+    real = rollout.mask[0].bool()
+    assert torch.allclose(rollout.values[0][real], values, atol=1e-5)  # the critic's V(s_t), kept for clipping
+    assert torch.allclose(rollout.logprobs[0][real], logprobs, atol=1e-5)
     assert not per_token["ppo/clipped"].any()
 
 

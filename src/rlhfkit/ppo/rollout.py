@@ -54,7 +54,6 @@ class RewardShaping:
 class Rollout:
     """This process's rows of a batch. Per-token tensors are (b, R), R = the longest response."""
 
-    rows: list[int]  # positions in the global batch
     sequences: list[TokenSequence]  # prompt + response, the response marked
     mask: torch.Tensor  # 1 on response tokens through EOS
     logprobs: torch.Tensor  # log π_old(y_t), at the sampling temperature
@@ -110,7 +109,6 @@ def collect_rollout(
     reference: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Text],
-    rows: list[int],
     seeds: list[int],
     reward: CombinedReward,
     kl: KLController,
@@ -166,7 +164,7 @@ def collect_rollout(
         "kl/penalty": kl_tokens.sum(1),
         "response/length": lengths,
         "response/ended": ended.float(),
-        **{f"reward/{name}": values.cpu().float() for name, values in terms.items()},
+        **{f"reward/{name}": term.cpu().float() for name, term in terms.items()},
     }
     if gold is not None:
         sequence_stats["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, samples.texts, strict=True)])
@@ -175,14 +173,12 @@ def collect_rollout(
     residuals = returns - values
     moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
     token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": token_entropy, **moments_of_values}
-    for name, values in token_stats.items():
-        stats.add_total(name, masked_sum(values, mask), mask.sum())
+    for name, per_token in token_stats.items():
+        stats.add_total(name, masked_sum(per_token, mask), mask.sum())
     metrics = stats.mean(accelerator)
     metrics["ppo/explained_variance"] = explained_variance(*(metrics.pop(key) for key in MOMENT_KEYS))
     metrics["response/distinct2"] = distinct_n(gather_object(samples.texts))
-    rollout = Rollout(
-        rows, sequences, mask, logprobs, values, advantages, returns, list(prompts), samples.texts, raw_scores
-    )
+    rollout = Rollout(sequences, mask, logprobs, values, advantages, returns, list(prompts), samples.texts, raw_scores)
     return rollout, metrics
 
 
