@@ -107,8 +107,9 @@ def test_first_step_has_zero_kl_and_ratio_one(tmp_path: Path, tiny_model_dir: Pa
     assert stats["reward/score"] == pytest.approx(stats["reward/rm"] + 0.1 * stats["reward/length"], abs=1e-5)
     missing = 1 - stats["response/ended"]
     assert stats["reward/total"] == pytest.approx(stats["reward/score"] - missing, abs=1e-5)
-    _, per_token, tokens = ppo_losses(state, rollout, [0, 1, 2])
-    assert torch.equal(per_token["ppo/ratio"], torch.ones(int(tokens)))  # same weights, same temperature
+    _, per_token = ppo_losses(state, rollout, [0, 1, 2])
+    assert per_token["ppo/ratio"].numel() == int(rollout.mask[:3].sum())
+    assert torch.equal(per_token["ppo/ratio"], torch.ones_like(per_token["ppo/ratio"]))  # same weights and temperature
     first = rollout.sequences[0]
     ids, scored = torch.tensor([first.input_ids]), torch.tensor([first.loss_mask[1:]]).bool()
     logprobs, values, _ = state.model(ids, torch.ones_like(ids), scored)

@@ -34,7 +34,8 @@ CriticKind = Literal["shared", "policy", "reward"]
 
 
 class ActorCritic(nn.Module):
-    """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,), entropy (N,))."""
+    """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,), entropy (N,)
+    in eval mode, else None)."""
 
     def __init__(
         self, policy: PreTrainedModel, critic: nn.Module | None, value_head: nn.Linear, temperature: float
@@ -56,8 +57,10 @@ class ActorCritic(nn.Module):
         if lm_only:  # PPO-ptx: the language-modelling loss, at temperature 1
             return token_logprobs(logits, targets), None, None
         logits = logits / self.temperature  # the temperature the responses were sampled at
-        with torch.no_grad():
-            token_entropy = entropy(logits)
+        token_entropy = None
+        if not self.training:  # logged from the rollout; the update has no entropy term and skips the softmax
+            with torch.no_grad():
+                token_entropy = entropy(logits)
         if self.critic is not None:
             hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
         return token_logprobs(logits, targets), self.value_head(hidden).squeeze(-1), token_entropy

@@ -166,10 +166,8 @@ def minibatches(config: PPOConfig, step: int, epoch: int) -> list[list[int]]:
     return chunks(order, config.mini_batch_size)
 
 
-def ppo_losses(
-    state: PPOState, rollout: Rollout, rows: list[int]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(Σ of token losses, per-token statistics, token count) of some local rows of the rollout."""
+def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(Σ of token losses, per-token statistics) of some local rows of the rollout."""
     config = state.config
     batch = batch_on([rollout.sequences[i] for i in rows], state.pad_id, state.accelerator.device)
     logprobs, values, _ = state.model(batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool())
@@ -187,7 +185,7 @@ def ppo_losses(
     loss = policy_loss + config.vf_coef * value_loss
     stats = {f"ppo/{k}": v for k, v in stats.items()} | {f"value/{k}": v for k, v in value_stats.items()}
     stats |= {"ppo/policy_loss": policy_loss.detach(), "value/loss": value_loss.detach()}
-    return loss.sum(), stats, torch.tensor(float(logprobs.numel()))
+    return loss.sum(), stats
 
 
 def ptx_loss(state: PPOState, sequences: list[TokenSequence]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +222,7 @@ def optimizer_update(
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(state.model), accelerator.autocast():
-            loss, stats, _ = ppo_losses(state, rollout, part)
+            loss, stats = ppo_losses(state, rollout, part)
             accelerator.backward(weight * loss * world / max(tokens, 1.0))
         if local:
             metrics.add(stats)
@@ -305,6 +303,7 @@ def train_ppo(
     updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
     optimizer, scheduler = build_optimizer(model, config, updates)
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    prepared.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
     kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
     accelerator.register_for_checkpointing(kl, moments)
     state = PPOState(config, accelerator, prepared, optimizer, scheduler, tokenizer.pad_token_id, ptx)
