@@ -23,6 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -140,6 +141,19 @@ def timed_window(trainer: str, times: list[float], batches: int, settings: RunSe
 def peak_rss_mib() -> float:
     """Peak resident memory of this whole process so far (loading included), in MiB (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Memory:
+    """Resident memory of this process: after the first training step, and the peak up to the last one."""
+
+    def __init__(self) -> None:
+        self.after_first_step_mib = 0.0
+        self.peak_mib = 0.0
+
+    def step_done(self) -> None:
+        if not self.after_first_step_mib:
+            self.after_first_step_mib = psutil.Process().memory_info().rss / 2**20
+        self.peak_mib = peak_rss_mib()
 
 
 def recording(collate: Callable[..., Any], log: list[Any], stats: Callable[[Any], Any]) -> Callable[..., Any]:

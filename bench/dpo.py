@@ -34,17 +34,16 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import psutil
 import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    Memory,
     RunSettings,
     add_run_args,
     check_run_args,
     environment,
-    peak_rss_mib,
     print_table,
     print_verdict,
     recording,
@@ -95,19 +94,6 @@ def make_pairs(path: Path, n: int) -> Path:
             other = rows[(i + len(rows) // 2) % len(rows)]["completion"]
             f.write(json.dumps({"prompt": row["prompt"], "chosen": row["completion"], "rejected": other}) + "\n")
     return path
-
-
-class Memory:
-    """Resident memory of this process: after the first optimizer step, and the peak up to the last one."""
-
-    def __init__(self) -> None:
-        self.after_first_step_mib = 0.0
-        self.peak_mib = 0.0
-
-    def step_done(self) -> None:
-        if not self.after_first_step_mib:
-            self.after_first_step_mib = psutil.Process().memory_info().rss / 2**20
-        self.peak_mib = peak_rss_mib()
 
 
 def measure(

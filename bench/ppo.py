@@ -44,18 +44,17 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import psutil
 import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    Memory,
     RunSettings,
     add_run_args,
     check_run_args,
     environment,
     median_run,
-    peak_rss_mib,
     print_table,
     print_verdict,
     rlhfkit_step_times,
@@ -119,19 +118,6 @@ class SideResult:
     sampling_seconds: float  # mean per timed step: the generation call alone (part of the rollout)
     step_seconds: list[float]
     versions: dict[str, str] = field(default_factory=dict)  # of the venv it ran in
-
-
-class Memory:
-    """Resident memory of this process: after the first PPO step, and the peak up to the last one."""
-
-    def __init__(self) -> None:
-        self.after_first_step_mib = 0.0
-        self.peak_mib = 0.0
-
-    def step_done(self) -> None:
-        if not self.after_first_step_mib:
-            self.after_first_step_mib = psutil.Process().memory_info().rss / 2**20
-        self.peak_mib = peak_rss_mib()
 
 
 def measure(

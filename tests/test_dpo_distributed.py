@@ -4,9 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from launch import run_stage
-from transformers import AutoModelForCausalLM
+from launch import assert_same_runs, run_stage
 
 from rlhfkit import assets
 
@@ -41,16 +39,4 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     extra = {"rpo_alpha": 0.5}  # RPO's NLL term too: both terms must be normalised over the global batch
     one = run_dpo(tmp_path, tiny_model_dir, data, "one", 1, **extra)
     two = run_dpo(tmp_path, tiny_model_dir, data, "two", 2, **extra)
-    logs = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (one, two)]
-    for a, b in zip(*logs, strict=True):  # whole-step metrics, gathered over processes
-        assert a["step"] == b["step"]
-        for key in ("dpo/loss", "dpo/accuracy", "eval/dpo/loss"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    p1 = AutoModelForCausalLM.from_pretrained(one).state_dict()
-    p2 = AutoModelForCausalLM.from_pretrained(two).state_dict()
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    key = "transformer.h.0.attn.c_attn.weight"
-    assert not torch.allclose(p1[key], start[key])  # training moved the weights
-    for name in p1:
-        assert torch.allclose(p1[name], p2[name], atol=1e-5), name
+    assert_same_runs(one, two, tiny_model_dir, ("dpo/loss", "dpo/accuracy", "eval/dpo/loss"))

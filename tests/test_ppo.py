@@ -16,7 +16,7 @@ from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import build_actor_critic, folded_reward_head
 from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.rollout import collect_rollout, row_seeds
-from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, read_prompts
+from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, read_prompts, value_learning_rates
 from rlhfkit.reward.model import RewardModel
 from rlhfkit.training.lm_trainer import build_optimizer
 
@@ -208,3 +208,15 @@ def test_reward_sources_combine_with_weights():
     assert reward.names == ["length-0", "length-1"]
     assert torch.allclose(total, torch.tensor([4.5, 1.5]))
     assert torch.equal(terms["length-0"], torch.tensor([3.0, 1.0]))
+
+
+def test_the_critic_can_have_its_own_learning_rate(tmp_path: Path, tiny_model_dir: Path):
+    config = small_config(tmp_path, tiny_model_dir, [{"source": "length"}], value_learning_rate=1e-2)
+    tokenizer = load_tokenizer(config.model)
+    model = build_actor_critic(load_model(config.model, tokenizer), config.model, tokenizer, "policy", None, 1.0)
+    optimizer, _ = build_optimizer(model, config, 10, value_learning_rates(model, config))
+    policy_group, critic_group = optimizer.param_groups
+    assert policy_group["lr"] == 1e-3 and critic_group["lr"] == 1e-2
+    critic_params = {id(p) for p in [*model.critic.parameters(), *model.value_head.parameters()]}
+    assert {id(p) for p in critic_group["params"]} == critic_params
+    assert not critic_params & {id(p) for p in policy_group["params"]}

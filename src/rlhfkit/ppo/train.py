@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import Text, load_records
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import gold_function
+from rlhfkit.labeling.simulated import GoldFunction, gold_function
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
@@ -83,7 +84,10 @@ class PPOConfig(TrainSettings):
     mini_batch_size: int = Field(16, ge=1, description="episodes per optimizer step, over all processes")
     micro_batch_size: int = Field(16, ge=1, description="episodes per forward pass on one process")
     ppo_epochs: int = Field(4, ge=1, description="passes over each batch (a2c: always 1)")
-    learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate (policy and critic)")
+    learning_rate: float = Field(1e-5, gt=0, description="peak AdamW learning rate of the policy")
+    value_learning_rate: float | None = Field(
+        None, gt=0, description="peak learning rate of the critic and value head (None: learning_rate)"
+    )
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("linear", description="decay after warm-up")
     kl_coef: float = Field(0.05, ge=0, description="β: weight of the per-token KL penalty (initial value if adaptive)")
     kl_estimator: KLEstimator = Field("k1", description="per-token KL estimate in the penalty: k1, k2 or k3")
@@ -245,35 +249,35 @@ def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]
     return metrics.mean(state.accelerator) | {"train/lr": state.scheduler.get_last_lr()[0]}
 
 
-def evaluate(
-    state: PPOState,
-    reference: PreTrainedModel | None,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[Text],
-    reward: CombinedReward,
-    kl: KLController,
-    moments: RunningMoments,
-) -> dict[str, float]:
-    """Rollout metrics on held-out prompts, sampled with the same seeds at every evaluation; nothing trains."""
-    accelerator, config = state.accelerator, state.config
-    rows = shard(list(range(len(prompts))), accelerator.process_index, accelerator.num_processes)
-    _, metrics = collect_rollout(
-        accelerator,
-        accelerator.unwrap_model(state.model),
-        reference,
-        tokenizer,
-        [prompts[i] for i in rows],
-        row_seeds(config.seed, -1, rows),
-        reward,
-        kl,
-        moments,
-        config.shaping,
-        config.sampling,
-        config.micro_batch_size,
-        gold_function(config.gold) if config.gold else None,
-        update_statistics=False,
-    )
-    return {f"eval/{key}": value for key, value in metrics.items() if not key.startswith(("ppo/", "value/"))}
+@dataclass(frozen=True)
+class RolloutMaker:
+    """Everything a rollout needs besides its prompts: `make(prompts, rows, step)` for this process's rows."""
+
+    config: PPOConfig
+    accelerator: Accelerator
+    model: ActorCritic  # unwrapped: sampling and scoring need no gradient sync
+    reference: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+    reward: CombinedReward
+    kl: KLController
+    moments: RunningMoments
+    gold: GoldFunction | None
+
+    def make(
+        self, prompts: list[Text], rows: list[int], step: int, update_statistics: bool = True
+    ) -> tuple[Rollout, dict[str, float]]:
+        config = self.config
+        return collect_rollout(
+            self.accelerator, self.model, self.reference, self.tokenizer, prompts, row_seeds(config.seed, step, rows),
+            self.reward, self.kl, self.moments, config.shaping, config.sampling, config.micro_batch_size, self.gold,
+            update_statistics,
+        )  # fmt: skip
+
+    def evaluate(self, prompts: list[Text]) -> dict[str, float]:
+        """Rollout metrics on held-out prompts, with the same sampling noise at every evaluation; nothing trains."""
+        rows = shard(list(range(len(prompts))), self.accelerator.process_index, self.accelerator.num_processes)
+        _, metrics = self.make([prompts[i] for i in rows], rows, step=-1, update_statistics=False)
+        return {f"eval/{key}": value for key, value in metrics.items() if not key.startswith(("ppo/", "value/"))}
 
 
 def write_samples(path: Path, step: int, rollout: Rollout, count: int) -> None:
@@ -301,20 +305,21 @@ def train_ppo(
     order = BatchOrder([len(str(p)) for p in prompts], config.batch_size, config.seed, config.group_by_length)
     steps = total_steps(config, order)
     updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
-    optimizer, scheduler = build_optimizer(model, config, updates)
+    optimizer, scheduler = build_optimizer(model, config, updates, value_learning_rates(model, config))
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     prepared.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
     kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
     accelerator.register_for_checkpointing(kl, moments)
     state = PPOState(config, accelerator, prepared, optimizer, scheduler, tokenizer.pad_token_id, ptx)
     gold = gold_function(config.gold) if config.gold else None
+    rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold)
     start = resume(accelerator, output_dir) if config.resume else 0
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
     samples_file = output_dir / "samples.jsonl"
     if accelerator.is_main_process and start == 0:
         samples_file.unlink(missing_ok=True)
     if start == 0 and eval_prompts:  # the starting policy, so every run shows what training changed
-        log.write(0, evaluate(state, reference, tokenizer, eval_prompts, reward, kl, moments))
+        log.write(0, rollouts.evaluate(eval_prompts))
     metrics: dict[str, float] = {}
     rows = shard(list(range(config.batch_size)), rank, world)
     with progress_bar(accelerator.is_main_process) as bar:
@@ -322,21 +327,7 @@ def train_ppo(
         for step in range(start + 1, steps + 1):
             started = time.perf_counter()
             batch = order.global_batch(step - 1)
-            rollout, metrics = collect_rollout(
-                accelerator,
-                model,
-                reference,
-                tokenizer,
-                [prompts[batch[r]] for r in rows],
-                row_seeds(config.seed, step, rows),
-                reward,
-                kl,
-                moments,
-                config.shaping,
-                config.sampling,
-                config.micro_batch_size,
-                gold,
-            )
+            rollout, metrics = rollouts.make([prompts[batch[r]] for r in rows], rows, step)
             metrics["kl/beta"] = kl.beta
             kl.update(metrics["kl/penalty"], config.batch_size)
             rollout_seconds = time.perf_counter() - started
@@ -350,7 +341,7 @@ def train_ppo(
             description = f"ppo score {metrics['reward/score']:.3f} kl {metrics['kl/k1']:.2f}"
             bar.update(task, advance=1, description=description)
             if eval_prompts and ((config.eval_every and step % config.eval_every == 0) or step == steps):
-                metrics |= evaluate(state, reference, tokenizer, eval_prompts, reward, kl, moments)
+                metrics |= rollouts.evaluate(eval_prompts)
                 bar.console.print(
                     f"step {step}: held-out score {metrics['eval/reward/score']:.3f} kl {metrics['eval/kl/k1']:.2f}"
                 )
@@ -362,6 +353,14 @@ def train_ppo(
                 save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
     log.close()
     return TrainResult(steps=steps, final_metrics=metrics)
+
+
+def value_learning_rates(model: ActorCritic, config: PPOConfig) -> dict[torch.nn.Module, float]:
+    """The critic's own learning rate, if set: a new value head needs larger steps than a pretrained policy."""
+    if config.value_learning_rate is None:
+        return {}
+    critic = torch.nn.ModuleList([model.value_head] + ([model.critic] if model.critic is not None else []))
+    return {critic: config.value_learning_rate}
 
 
 def read_prompts(path: str, limit: int | None = None) -> list[Text]:

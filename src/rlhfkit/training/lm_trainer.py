@@ -78,13 +78,22 @@ def total_steps(settings: TrainSettings, order: BatchOrder) -> int:
 
 
 def build_optimizer(
-    model: nn.Module, settings: TrainSettings, steps: int
+    model: nn.Module, settings: TrainSettings, steps: int, learning_rates: dict[nn.Module, float] | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters (LoRA: the adapters only) and the warm-up + decay schedule."""
+    """AdamW over the trainable parameters (LoRA: the adapters only) and the warm-up + decay schedule.
+
+    `learning_rates` gives some submodules their own peak rate (e.g. PPO's critic); the rest use the settings'.
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = []
+    for module, rate in (learning_rates or {}).items():
+        own = {id(p) for p in module.parameters()}
+        groups.append({"params": [p for p in trainable if id(p) in own], "lr": rate})
+        trainable = [p for p in trainable if id(p) not in own]
+    groups.insert(0, {"params": trainable})
     # fused: one kernel for all tensors instead of several small ops per tensor (about 4x faster on CPU)
     optimizer = torch.optim.AdamW(
-        trainable,
+        [g for g in groups if g["params"]],
         lr=settings.learning_rate,
         betas=settings.adam_betas,
         weight_decay=settings.weight_decay,
