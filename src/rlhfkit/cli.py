@@ -36,7 +36,7 @@ ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config file (option
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a field: key=value (repeatable)")]
 
 
-def _fields_table(cls: type[BaseModel]) -> str:
+def fields_table(cls: type[BaseModel]) -> str:
     """The config's fields as help text: name, meaning, default and type, one line each."""
     rows = config_help(cls)
     width = max(len(name) for name, *_ in rows)
@@ -70,7 +70,7 @@ def stage_command(name: str, config_cls: type[BaseModel], help_text: str, group:
         command.__annotations__["resume"] = Annotated[
             bool, typer.Option("--resume", help="continue from the last checkpoint", hidden=not resumable)
         ]
-        group.command(name, help=help_text, epilog=_fields_table(config_cls))(command)
+        group.command(name, help=help_text, epilog=fields_table(config_cls))(command)
         return run
 
     return register

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from rlhfkit.cli import cai_app, label_app, stage_command
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlhfkit.cli import SetOpt, app, cai_app, fields_table, label_app, stage_command
+from rlhfkit.config import ConfigError, load_config
+from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
+from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
+from rlhfkit.evaluation.report import ReportConfig, report
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.ppo.train import PPOConfig, ppo
@@ -67,3 +76,26 @@ def _quickstart(config: QuickstartConfig) -> None:
 @stage_command("dpo", DPOConfig, "Learn straight from preferences: DPO, cDPO, IPO, SLiC hinge, KTO (no reward model).")
 def _dpo(config: DPOConfig) -> None:
     dpo(config)
+
+
+@stage_command("eval", EvalConfig, "Evaluate checkpoints: gold, reward, KL, win-rate, leaderboard, calibration.")
+def _eval(config: EvalConfig) -> None:
+    print(evaluate(config))
+
+
+@app.command(
+    "report",
+    help="One self-contained HTML page: reward and KL per step, frontier, leaderboard, calibration, samples, flags.",
+    epilog=fields_table(ReportConfig),
+)
+def _report(
+    runs: Annotated[list[Path], typer.Argument(help="run directories (and the runs below them)")],
+    overrides: SetOpt = None,
+) -> None:
+    try:
+        config = load_config(ReportConfig, None, overrides)
+        config.runs = [str(run) for run in runs]
+        print(report(config))
+    except (ConfigError, DataError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,215 @@
+"""`rlhfkit eval`: evaluate any set of checkpoints side by side on held-out prompts; writes `eval.json`.
+
+Each policy (and the reference) answers every prompt once, each prompt with its own sampling seed, the same
+for every policy (common random numbers: policies that agree sample the same reply, so their comparisons
+are less noisy). For each policy:
+
+- gold score, response length (tokens), distinct-2 and KL to the reference (k1 on its own samples, nats per
+  token and per response): `evaluation.policy`;
+- the mean score of each reward model given (`reward_models`);
+- the win-rate against the reference with a Wilson interval (`evaluation.winrate`), judged by the labeler;
+- a Bradley-Terry leaderboard over all of them from the labeler's judgements of every pair of policies on
+  every prompt, with bootstrap intervals (`evaluation.leaderboard`);
+- with a `probe`, expected calibration error and reliability bins on it (`evaluation.calibration`).
+
+Writes `eval.json` and `samples.jsonl` (one row per prompt: the prompt and each policy's reply, a candidates
+record that `rlhfkit label ai` reads) into `output_dir`; `rlhfkit report` draws them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+
+from rlhfkit import assets
+from rlhfkit.config import Config, ConfigError, dump_config
+from rlhfkit.data.records import Text, load_records
+from rlhfkit.evaluation.calibration import ProbeItem, load_probe, probe_calibration
+from rlhfkit.evaluation.leaderboard import Judgements, leaderboard
+from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
+from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
+from rlhfkit.generation.sampling import SamplingSettings
+from rlhfkit.labeling.simulated import GoldFunction, gold_function
+from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.reward.ensemble import load_reward_model
+
+console = Console()
+
+EVAL_FILE = "eval.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+class EvalConfig(Config):
+    """Evaluate checkpoints side by side: gold, reward models, KL, length, diversity, win-rate, leaderboard,
+    calibration."""
+
+    policies: list[str] = Field(default_factory=list, description="checkpoints to evaluate: dirs or model names")
+    reference: str | None = Field(
+        None, description="reference policy for KL and win-rate (default: the first policy); evaluated too"
+    )
+    prompts: str = Field("demo-prompts", description="held-out prompt records")
+    limit: int = Field(64, ge=1, description="prompts used (the first N)")
+    sampling: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
+        description="sampling of the replies (temperature 1: the KL estimate is unbiased)",
+    )
+    seed: int = Field(0, description="sampling seed of each prompt, the same for every policy")
+    batch_size: int = Field(32, ge=1, description="prompts (or probe options) per forward pass")
+    gold: str | None = Field("vader", description="gold score: vader, length, python:module:function (None: none)")
+    reward_models: list[str] = Field(default_factory=list, description="reward-model dirs to score the replies with")
+    labeler: LabelerSettings = Field(default_factory=LabelerSettings, description="who judges pairs of replies")
+    leaderboard: bool = Field(True, description="judge every pair of policies and fit a Bradley-Terry leaderboard")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of the judgements (0: no intervals)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the win-rate and leaderboard intervals")
+    prior: float = Field(1.0, ge=0, description="fictitious tied games per player against a θ = 0 player")
+    probe: str | None = Field(None, description="multiple-choice probe for calibration (e.g. cloze-probe)")
+    probe_scoring: Literal["continuation", "letter"] = Field(
+        "continuation", description="option probabilities: of the option's text, or of its letter"
+    )
+    bins: int = Field(10, ge=1, description="calibration bins")
+    output_dir: str = Field("runs/eval", description="where eval.json and samples.jsonl go")
+
+
+def player_names(config: EvalConfig) -> list[str]:
+    """The reference first, then the other policies, each once."""
+    if not config.policies and config.reference is None:
+        raise ConfigError("policies: no checkpoint given; e.g. --set 'policies=[runs/sft, runs/ppo]'")
+    reference = config.reference or config.policies[0]
+    return list(dict.fromkeys([reference, *config.policies]))
+
+
+def pairwise_judgements(
+    compare: Compare, prompts: list[Text], texts: dict[str, list[str]], pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[float | None]]:
+    """The labeler's score of a's reply against b's, prompt by prompt, for each pair (a, b) of policies."""
+    return {(a, b): compare(prompts, texts[a], texts[b]) for a, b in pairs}
+
+
+def judgements_of(names: list[str], judged: dict[tuple[str, str], list[float | None]]) -> Judgements:
+    """The judged pairs as (first, second, score) games; unjudged ones left out."""
+    index = {name: i for i, name in enumerate(names)}
+    return Judgements.of(
+        [(index[a], index[b], s) for (a, b), scores in judged.items() for s in scores if s is not None]
+    )
+
+
+def sample_policies(
+    config: EvalConfig, names: list[str], prompts: list[Text], gold: GoldFunction | None, probe: list[ProbeItem] | None
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Each policy's replies, and its metrics (and calibration on the probe), one policy in memory at a time."""
+    seeds = [hash((config.seed, row)) % (2**63) for row in range(len(prompts))]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(names[0])
+    reference = load_model(names[0], tokenizer).to(device).eval()
+    texts, results = {}, {}
+    for name in names:
+        policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()
+        console.print(f"sampling {len(prompts)} replies from {name}")
+        samples = sample_with_kl(policy, reference, tokenizer, prompts, config.sampling, config.batch_size, seeds)
+        texts[name] = samples.texts
+        results[name] = {"metrics": sample_metrics(prompts, samples, gold)}
+        if probe is not None:
+            fit = probe_calibration(policy, tokenizer, probe, config.probe_scoring, config.bins, config.batch_size)
+            results[name]["calibration"] = fit.to_json()
+    return texts, results
+
+
+@torch.no_grad()
+def reward_model_scores(paths: list[str], prompts: list[Text], texts: dict[str, list[str]]) -> dict[str, dict]:
+    """{policy: {reward-model dir: mean score of its replies}}."""
+    scores: dict[str, dict] = {name: {} for name in texts}
+    for path in paths:
+        model = load_reward_model(path).to("cuda" if torch.cuda.is_available() else "cpu")
+        for name, replies in texts.items():
+            scores[name][path] = model.score(prompts, replies).reward.mean().item()
+    return scores
+
+
+def evaluate(config: EvalConfig) -> Path:
+    """Evaluate every policy (module docstring); returns the path of `eval.json`."""
+    names = player_names(config)
+    prompts: list[Text] = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.limit]
+    gold = gold_function(config.gold) if config.gold else None
+    probe = load_probe(config.probe) if config.probe else None
+    compare = make_labeler(config.labeler, gold)  # fails early on a bad labeler, before any sampling
+
+    texts, results = sample_policies(config, names, prompts, gold, probe)
+    if config.reward_models:
+        for name, scores in reward_model_scores(config.reward_models, prompts, texts).items():
+            results[name]["reward_models"] = scores
+    pairs = list(itertools.combinations(names, 2)) if config.leaderboard else [(names[0], n) for n in names[1:]]
+    judged = pairwise_judgements(compare, prompts, texts, pairs)
+    for name in names[1:]:
+        against = [None if s is None else 1 - s for s in judged[(names[0], name)]]  # judged as (reference, policy)
+        results[name]["win_rate"] = win_rate(against, config.confidence).to_json()
+    out: dict[str, Any] = {
+        "reference": names[0],
+        "prompts": len(prompts),
+        "labeler": config.labeler.kind,
+        "gold": config.gold,
+        "policies": results,
+    }
+    if config.leaderboard and len(names) > 1:
+        games = judgements_of(names, judged)
+        standings = leaderboard(names, games, config.bootstrap, config.confidence, config.prior, config.seed)
+        out["leaderboard"] = {
+            "standings": [s.to_json() for s in standings],
+            "judgements": len(games),
+            "bootstrap": config.bootstrap,
+            "confidence": config.confidence,
+        }
+    return write_outputs(config, out, prompts, texts)
+
+
+def write_outputs(config: EvalConfig, out: dict[str, Any], prompts: list[Text], texts: dict[str, list[str]]) -> Path:
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, output_dir / "config.yaml")
+    path = output_dir / EVAL_FILE
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    names = list(texts)
+    with (output_dir / SAMPLES_FILE).open("w") as f:
+        for row, prompt in enumerate(prompts):
+            responses = [texts[name][row] for name in names]
+            prompt_json = prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
+            f.write(json.dumps({"prompt": prompt_json, "responses": responses, "policies": names}) + "\n")
+    print_summary(out)
+    console.print(f"wrote {path} and {output_dir / SAMPLES_FILE}")
+    return path
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    """One row per policy: gold, KL, length, distinct-2, win-rate vs the reference, Elo, ECE."""
+    standings = {s["name"]: s for s in out.get("leaderboard", {}).get("standings", [])}
+    names = list(out["policies"])
+    common = os.path.commonpath(names) if len(names) > 1 and all(n.startswith("/") for n in names) else ""
+    common = common if len(common) > 1 else ""
+    table = Table(
+        title=f"{out['prompts']} prompts; reference {out['reference']}; labeler {out['labeler']}",
+        caption=f"policies under {common}/" if common else None,
+    )
+    for column in ("policy", "gold", "KL/token", "length", "distinct-2", "win-rate vs ref", "Elo (CI)", "ECE"):
+        table.add_column(column, justify="right")
+    for name, result in out["policies"].items():
+        m = result["metrics"]
+        wr = result.get("win_rate")
+        s = standings.get(name)
+        table.add_row(
+            name.removeprefix(common + "/") if common else name,
+            f"{m['eval/gold']:.3f}" if "eval/gold" in m else "-",
+            f"{m['eval/kl']:.3f}",
+            f"{m['eval/length']:.1f}",
+            f"{m['eval/distinct2']:.2f}",
+            f"{wr['win_rate']:.2f} [{wr['lower']:.2f}, {wr['upper']:.2f}]" if wr else "-",
+            f"{s['elo']:.0f} [{s['elo_lower']:.0f}, {s['elo_upper']:.0f}]" if s else "-",
+            f"{result['calibration']['ece']:.3f}" if "calibration" in result else "-",
+        )
+    console.print(table)
