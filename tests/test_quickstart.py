@@ -40,9 +40,13 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
                 "--set",
                 f"dpo.ref_cache_dir={tmp_path / 'ref-cache'}",
                 "--set",
-                "eval_prompts=8",
+                "evaluation.limit=6",
                 "--set",
-                "evaluation.max_new_tokens=6",
+                "evaluation.sampling.max_new_tokens=6",
+                "--set",
+                "evaluation.bootstrap=20",
+                "--set",
+                "evaluation.probe=null",
             ]
         )
     assert exit_info.value.code == 0
@@ -56,7 +60,11 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
     ppo_log = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in ppo_log] == [1, 2] and "gold/score" in ppo_log[0]  # VADER logged, not trained on
     assert (tmp_path / "ppo" / "model.safetensors").exists()
-    assert "KL to SFT" in out and "PPO" in out and "DPO" in out
+    evaluation = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert len(evaluation["policies"]) == 3 and len(evaluation["leaderboard"]["standings"]) == 3
+    assert evaluation["policies"][str(tmp_path / "sft")]["metrics"]["eval/kl"] == 0  # the reference itself
+    page = (tmp_path / "report.html").read_text()
+    assert "<img" in page and f"report: {tmp_path / 'report.html'}" in out.replace("\n", "")
 
 
 def test_best_vs_worst_takes_one_pair_per_ranking_and_skips_all_ties(tmp_path: Path):

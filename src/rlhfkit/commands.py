@@ -15,6 +15,7 @@ from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
+from rlhfkit.loop import LoopConfig, loop
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
@@ -71,6 +72,11 @@ def _ppo(config: PPOConfig) -> None:
 @stage_command("quickstart", QuickstartConfig, "Run the pipeline offline on the embedded model and data.")
 def _quickstart(config: QuickstartConfig) -> None:
     quickstart(config)
+
+
+@stage_command("loop", LoopConfig, "Online RLHF: rounds of generate, label, reward model, PPO/DPO, eval (resumable).")
+def _loop(config: LoopConfig) -> None:
+    print(loop(config))
 
 
 @stage_command("dpo", DPOConfig, "Learn straight from preferences: DPO, cDPO, IPO, SLiC hinge, KTO (no reward model).")

@@ -4,8 +4,9 @@ SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuati
 openings, with samples for held-out openings printed before and after; then K continuations per prompt
 from the SFT model, ranked by a simulated labeler who prefers positive sentiment (VADER), and a reward
 model trained on those rankings, with its accuracy on held-out prompts; then PPO against that reward model
-and DPO on the best-vs-worst pair of each ranking; last, a table of gold sentiment, KL to the SFT model
-and diversity for SFT, PPO and DPO, and their continuations of the same held-out openings side by side.
+and DPO on the best-vs-worst pair of each ranking; then SFT, PPO and DPO continuations of the same
+held-out openings side by side, `rlhfkit eval` of the three (gold sentiment, KL to the SFT model, diversity,
+win-rates, a Bradley-Terry leaderboard, calibration on the cloze probe) and `rlhfkit report`'s HTML page.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from rlhfkit import assets
 from rlhfkit.config import Config
 from rlhfkit.data.records import load_records
 from rlhfkit.dpo.train import DPOConfig, dpo
-from rlhfkit.evaluation.policy import evaluate_policy
+from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
+from rlhfkit.evaluation.report import ReportConfig, report
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
-from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
+from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.ppo.rewards import RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
@@ -73,10 +75,9 @@ class QuickstartConfig(Config):
         default_factory=lambda: DPOConfig(epochs=1, learning_rate=1e-4, eval_every=0, log_every=10),
         description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
     )
-    eval_prompts: int = Field(256, ge=1, description="held-out prompts for the gold/KL table")
-    evaluation: SamplingSettings = Field(
-        default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
-        description="sampling for the gold/KL table on the held-out prompts (temperature 1: unbiased KL)",
+    evaluation: EvalConfig = Field(
+        default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[]),
+        description="the evaluation of SFT, PPO and DPO (its policies and output are set by the quickstart)",
     )
 
 
@@ -121,7 +122,7 @@ def quickstart(config: QuickstartConfig) -> None:
             }
         )
     )
-    console.rule("6/6 DPO on the best-vs-worst pair of each ranking; gold sentiment and KL on held-out prompts")
+    console.rule("6/6 DPO on the best-vs-worst pair of each ranking")
     dpo_dir = dpo(
         config.dpo.model_copy(
             update={
@@ -133,7 +134,21 @@ def quickstart(config: QuickstartConfig) -> None:
     )
     policies = {"SFT": sft_dir, "PPO": ppo_dir, "DPO": dpo_dir}
     print_samples(prompts, {name: samples_for(str(path), prompts, config) for name, path in policies.items()})
-    print_policy_table(config, policies, reference=sft_dir)
+    console.rule(f"evaluation of SFT, PPO and DPO on {config.evaluation.limit} held-out prompts, and the report")
+    evaluate(
+        config.evaluation.model_copy(
+            update={
+                "policies": [str(path) for path in policies.values()],
+                "reference": str(sft_dir),
+                "reward_models": [str(reward_dir)],
+                "output_dir": str(output_dir / "eval"),
+            }
+        )
+    )
+    page = report(
+        ReportConfig(runs=[str(output_dir)], output=str(output_dir / "report.html"), title="rlhfkit quickstart")
+    )
+    console.print(f"report: [bold]{page}[/bold]")
 
 
 def print_samples(prompts: list[str], continuations: dict[str, list[str]]) -> None:
@@ -156,28 +171,6 @@ def best_vs_worst(rankings: Path, output: Path) -> Path:
                 pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
                 f.write(json.dumps(pair) + "\n")
     return output
-
-
-def print_policy_table(config: QuickstartConfig, policies: dict[str, Path], reference: Path) -> None:
-    """Gold (VADER) score, KL to the reference and distinct-2 of fresh samples for held-out prompts."""
-    prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.eval_prompts]
-    tokenizer = load_tokenizer(str(reference))
-    ref_model = load_model(str(reference), tokenizer).eval()
-    table = Table(title=f"{len(prompts)} held-out prompts, {config.evaluation.max_new_tokens} new tokens, T=1")
-    for column in ("policy", "gold (VADER) mean", "positive", "KL to SFT (nats/token)", "distinct-2"):
-        table.add_column(column, justify="right")
-    for name, path in policies.items():
-        torch.manual_seed(config.seed)
-        policy = load_model(str(path), tokenizer).eval()
-        m = evaluate_policy(policy, ref_model, tokenizer, prompts, gold_function("vader"), config.evaluation)
-        table.add_row(
-            name,
-            f"{m['eval/gold']:.3f}",
-            f"{m['eval/positive']:.0%}",
-            f"{m['eval/kl']:.3f}",
-            f"{m['eval/distinct2']:.2f}",
-        )
-    console.print(table)
 
 
 def reward_prompts(count: int) -> list:

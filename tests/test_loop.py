@@ -1,0 +1,118 @@
+"""`rlhfkit loop` on a tiny model: two PPO rounds, resume after a kill, DPO, and the missing human labeler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhfkit import loop as loop_module
+from rlhfkit.config import ConfigError
+from rlhfkit.loop import LoopConfig, draw_prompts, loop
+
+
+def tiny_config(out: Path, model_dir: Path, **extra) -> LoopConfig:
+    settings = {
+        "output_dir": str(out),
+        "model": str(model_dir),
+        "rounds": 2,
+        "prompts_per_round": 6,
+        "samples_per_prompt": 2,
+        "candidates": {"max_new_tokens": 4},
+        "simulated": {"temperature": 1.0},  # noisy utilities: no all-tie rankings of 4-token replies
+        "reward": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "num_threads": 2, "normalize_samples": 8},
+        "ppo": {
+            "max_steps": 1,
+            "batch_size": 4,
+            "mini_batch_size": 2,
+            "micro_batch_size": 2,
+            "ppo_epochs": 1,
+            "sampling": {"max_new_tokens": 4},
+            "log_samples": 1,
+            "num_threads": 2,
+        },
+        "dpo": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "num_threads": 2},
+        "eval_size": 4,
+        "evaluation": {"max_new_tokens": 4},
+    }
+    return LoopConfig.model_validate(settings | extra)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_ppo_rounds_write_one_row_each_and_the_final_policy(tmp_path: Path, tiny_model_dir: Path):
+    final = loop(tiny_config(tmp_path, tiny_model_dir))
+    metrics = rows(tmp_path / "loop.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1]
+    assert [m["labels_total"] for m in metrics] == [6, 12]
+    assert all("eval/gold" in m and "eval/kl" in m for m in metrics)
+    assert final.resolve() == (tmp_path / "round-1" / "policy").resolve()
+    assert (final / "config.json").exists()
+    # round 1 samples from round 0's policy, and both rounds keep the start model as the reference
+    generate_config = json.loads((tmp_path / "round-1" / "generate" / "candidates.jsonl").read_text().splitlines()[0])
+    assert len(generate_config["responses"]) == 2
+    ppo_config = (tmp_path / "round-1" / "policy" / "config.yaml").read_text()
+    assert f"model: {tmp_path / 'round-0' / 'policy'}" in ppo_config
+    assert f"ref_model: {tiny_model_dir}" in ppo_config
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert set(state["rounds"]["1"]) == set(loop_module.PHASES)
+
+
+def test_a_killed_loop_resumes_without_redoing_phases_or_duplicating_labels(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    config = tiny_config(tmp_path, tiny_model_dir)
+
+    def killed(_config):
+        raise KeyboardInterrupt  # the loop is killed during round 0's policy phase, after its reward model
+
+    monkeypatch.setattr(loop_module, "ppo", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loop(config)
+    assert (tmp_path / "round-0" / "reward").is_dir() and not (tmp_path / "round-0" / "policy").exists()
+    labels_file = tmp_path / "round-0" / "label" / "labels.jsonl"
+    mtime = labels_file.stat().st_mtime_ns
+    monkeypatch.undo()
+
+    calls: dict[str, int] = {}
+    for name in ("generate", "simulate", "reward", "ppo"):
+        real = getattr(loop_module, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args)
+
+        monkeypatch.setattr(loop_module, name, counted)
+    loop(config)
+    assert calls == {"generate": 1, "simulate": 1, "reward": 1, "ppo": 2}  # round 0 resumed at its policy phase
+    assert labels_file.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob("round-*/*.partial"))
+    everything = rows(tmp_path / "round-1" / "reward" / "labels.jsonl")
+    assert len(everything) == config.rounds * config.prompts_per_round
+    assert len({json.dumps(row["prompt"]) for row in everything}) == len(everything)  # no prompt labelled twice
+    assert [m["round"] for m in rows(tmp_path / "loop.jsonl")] == [0, 1]
+
+
+def test_dpo_as_the_optimiser(tmp_path: Path, tiny_model_dir: Path):
+    final = loop(tiny_config(tmp_path, tiny_model_dir, rounds=1, optimizer="dpo"))
+    assert (final / "config.json").exists()
+    assert rows(tmp_path / "round-0" / "policy" / "pairs.jsonl")  # best-vs-worst pairs of the rankings
+    assert len(rows(tmp_path / "loop.jsonl")) == 1
+
+
+def test_human_labels_are_not_available_yet(tmp_path: Path, tiny_model_dir: Path):
+    with pytest.raises(ConfigError, match="feedback app"):
+        loop(tiny_config(tmp_path, tiny_model_dir, labeler="human"))
+    assert not (tmp_path / "round-0").exists()
+
+
+def test_prompt_draws_avoid_earlier_rounds_until_the_pool_runs_out():
+    first = draw_prompts(10, 4, set(), seed=0, round_index=0)
+    second = draw_prompts(10, 4, set(first), seed=0, round_index=1)
+    assert not set(first) & set(second)
+    third = draw_prompts(10, 4, set(first) | set(second), seed=0, round_index=2)
+    assert len(set(third)) == 4 and set(range(10)) - set(first) - set(second) <= set(third)
+    assert draw_prompts(10, 4, set(), seed=0, round_index=0) == first  # seeded
