@@ -296,7 +296,7 @@ def loop(config: LoopConfig) -> Path:
     """Run (or resume) the online loop in `config.output_dir`; returns the final policy's directory."""
     if config.labeler == "human":
         raise ConfigError(
-            "labeler: 'human' is not available yet: it needs the feedback app (issue 8), which does not exist; "
+            "labeler: 'human' is not available yet: it needs the feedback app, which rlhfkit does not have yet; "
             "use labeler=simulated or labeler=ai"
         )
     if config.optimizer == "ppo" and config.ppo.batch_size > config.prompts_per_round:
