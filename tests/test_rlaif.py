@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit import assets
 from rlhfkit.cli import main
 from rlhfkit.config import ConfigError
 from rlhfkit.data.records import Message, load_records
@@ -354,9 +355,14 @@ def test_cai_revise_with_tiny_austen_writes_sft_records(tmp_path: Path):
     assert (tmp_path / "sft" / "model.safetensors").exists()  # SL-CAI: the revisions are SFT data as they are
 
 
+def test_the_packaged_red_team_prompts_load():
+    prompts = load_records(assets.resolve("red-team"), "prompt")
+    assert len(prompts) == 20 and all(r.prompt.endswith("?") or r.prompt.endswith(".") for r in prompts)
+
+
 def test_cai_revise_needs_prompts(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["cai", "revise"])
+        main(["cai", "revise", "--set", "prompts=null"])
     assert exit_info.value.code == 2
     assert "prompts is not set" in capsys.readouterr().err
 

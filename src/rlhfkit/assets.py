@@ -10,6 +10,7 @@ BUILTIN = {
     "tiny-austen": "tiny-austen",  # the model `rlhfkit pretrain configs/pretrain-tiny-austen.yaml` made
     "demo-sft": "demo/sft.jsonl",  # cheerful continuations of Austen sentence openings (prompt/completion)
     "demo-prompts": "demo/prompts.jsonl",  # held-out Austen sentence openings (prompt)
+    "red-team": "demo/red-team.jsonl",  # 20 hand-written harmful requests for `rlhfkit cai revise` (prompt)
     "cloze-probe": "demo/cloze.jsonl",  # which-word-comes-next items from held-out Austen (calibration)
     "constitution": "constitution.yaml",  # the principles of the AI labeler (rlhfkit label ai, cai revise)
 }

@@ -35,7 +35,7 @@ console = Console(stderr=True)
 class ReviseConfig(Config):
     """Constitutional AI's critique-and-revise loop on red-team prompts; the revisions become SFT data."""
 
-    prompts: str | None = Field(None, description="prompt records: the red-team prompts to answer (required)")
+    prompts: str | None = Field("red-team", description="prompt records: the red-team prompts to answer and revise")
     output: str = Field("runs/cai/revisions.jsonl", description="SFT records: chat prompt + final revision")
     skipped: str | None = Field(
         None, description="JSONL of prompts that failed a step (default: OUTPUT's name + .skipped.jsonl)"
