@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 from rich.console import Console
 
@@ -99,11 +98,15 @@ class LoopConfig(Config):
     )
 
 
-def _write_json(path: Path, data: object) -> None:
+def _write_atomically(path: Path, text: str) -> None:
     """Write, then rename: a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: object) -> None:
+    _write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -234,7 +237,6 @@ class Loop:
         tokenizer = load_tokenizer(policy_dir)
         reference = load_model(config.model, tokenizer).eval()
         policy = load_model(policy_dir, tokenizer).eval()
-        torch.manual_seed(config.seed)
         seeds = [config.seed + i for i in range(len(prompts))]  # the same draws every round
         metrics = evaluate_policy(
             policy, reference, tokenizer, prompts, gold_function(config.gold), config.evaluation, seeds=seeds
@@ -272,9 +274,7 @@ class Loop:
             if not self.done(round_index, "eval"):
                 break
             rows.append(json.loads((self.dir(round_index, "eval") / "metrics.json").read_text()))
-        tmp = self.root / "loop.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        os.replace(tmp, self.root / "loop.jsonl")
+        _write_atomically(self.root / "loop.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         last = rows[-1]
         console.print(
             f"round {last['round'] + 1}: gold {last['eval/gold']:.3f}, KL to start {last['eval/kl']:.3f}, "
