@@ -13,6 +13,7 @@ from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
+from rlhfkit.feedback import cli as feedback_cli  # noqa: F401  (registers serve, export, feedback)
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.loop import LoopConfig, loop

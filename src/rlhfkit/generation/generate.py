@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -29,30 +30,37 @@ class GenerateConfig(Config):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="sampling settings")
 
 
+def sample_replies(
+    model_name: str, prompts: list[Any], num_samples: int, batch_size: int, settings: SamplingSettings
+) -> list[list[str]]:
+    """`num_samples` replies from `model_name` to each prompt, batched, with a progress bar."""
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, tokenizer).eval()
+    repeated = [p for p in prompts for _ in range(num_samples)]
+    texts: list[str] = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"generate ({model_name})", total=len(repeated))
+        for start in range(0, len(repeated), batch_size):
+            batch = repeated[start : start + batch_size]
+            texts += sample(model, tokenizer, batch, settings).texts
+            bar.update(task, advance=len(batch))
+    return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
+
+
 def generate(config: GenerateConfig) -> Path:
     """Write one record per prompt to `config.output` and return its path."""
     torch.manual_seed(config.seed)
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.limit]
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, tokenizer).eval()
-    repeated = [p for p in prompts for _ in range(config.num_samples)]
-    texts: list[str] = []
-    with progress_bar() as bar:
-        task = bar.add_task("generate", total=len(repeated))
-        for start in range(0, len(repeated), config.batch_size):
-            batch = repeated[start : start + config.batch_size]
-            texts += sample(model, tokenizer, batch, config.sampling).texts
-            bar.update(task, advance=len(batch))
+    replies = sample_replies(config.model, prompts, config.num_samples, config.batch_size, config.sampling)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w") as f:
-        for i, prompt in enumerate(prompts):
+        for prompt, texts in zip(prompts, replies, strict=True):
             prompt_json = prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
-            replies = texts[i * config.num_samples : (i + 1) * config.num_samples]
             record = (
-                {"prompt": prompt_json, "completion": replies[0]}
+                {"prompt": prompt_json, "completion": texts[0]}
                 if config.num_samples == 1
-                else {"prompt": prompt_json, "responses": replies}
+                else {"prompt": prompt_json, "responses": texts}
             )
             f.write(json.dumps(record) + "\n")
     return output
