@@ -9,6 +9,7 @@ import typer
 
 from rlhfkit.cli import SetOpt, app, cai_app, fields_table, label_app, stage_command
 from rlhfkit.config import ConfigError, load_config
+from rlhfkit.control.train import ControlConfig, control
 from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
@@ -88,6 +89,11 @@ def _dpo(config: DPOConfig) -> None:
 @stage_command("eval", EvalConfig, "Evaluate checkpoints: gold, reward, KL, win-rate, leaderboard, calibration.")
 def _eval(config: EvalConfig) -> None:
     print(evaluate(config))
+
+
+@stage_command("control", ControlConfig, "RL from preferences between clips on Gymnasium tasks (Christiano et al.).")
+def _control(config: ControlConfig) -> None:
+    print(control(config))
 
 
 @app.command(
