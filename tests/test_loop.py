@@ -1,14 +1,16 @@
-"""`rlhfkit loop` on a tiny model: two PPO rounds, resume after a kill, DPO, and the missing human labeler."""
+"""`rlhfkit loop` on a tiny model: two PPO rounds, resume after a kill, DPO, and human labels from the app."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from rlhfkit import loop as loop_module
-from rlhfkit.config import ConfigError
+from rlhfkit.feedback.store import Store, StoreError
 from rlhfkit.loop import LoopConfig, draw_prompts, loop
 
 
@@ -103,10 +105,41 @@ def test_dpo_as_the_optimiser(tmp_path: Path, tiny_model_dir: Path):
     assert len(rows(tmp_path / "loop.jsonl")) == 1
 
 
-def test_human_labels_are_not_available_yet(tmp_path: Path, tiny_model_dir: Path):
-    with pytest.raises(ConfigError, match="feedback app"):
-        loop(tiny_config(tmp_path, tiny_model_dir, labeler="human"))
-    assert not (tmp_path / "round-0").exists()
+def run_catching(function, argument, errors: list[BaseException]) -> None:
+    try:
+        function(argument)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_human_labels_come_from_the_feedback_app(tmp_path: Path, tiny_model_dir: Path):
+    db = f"sqlite:///{tmp_path}/feedback.db"
+    Store(db).add_user("ann", "ann-password")
+    human = {"db": db, "annotators": ["ann"], "poll_seconds": 0.1, "timeout_minutes": 5}
+    config = tiny_config(tmp_path / "run", tiny_model_dir, labeler="human", human=human, rounds=1, optimizer="dpo")
+    errors: list[BaseException] = []
+    running = threading.Thread(target=lambda: run_catching(loop, config, errors))
+    running.start()
+    store = Store(db)
+    deadline = time.monotonic() + 300
+    while True:  # the annotator: waits for the round's project, then ranks the replies as shown
+        assert not errors and time.monotonic() < deadline, errors
+        try:
+            project = store.project("rlhfkit-loop-round-1")
+            break
+        except StoreError:
+            time.sleep(0.1)
+    ann = store.authenticate("ann", "ann-password")
+    while (item := store.next_item(project.id, ann)) is not None:
+        store.submit(item.id, ann, {"rank_0": "1", "rank_1": "2"})  # the reply shown first is better
+    running.join(timeout=300)
+    assert not errors, errors
+    labels = rows(tmp_path / "run" / "round-0" / "label" / "labels.jsonl")
+    assert len(labels) == 6 and len(store.items("rlhfkit-loop-round-1")) == 6
+    for label, item in zip(labels, store.items("rlhfkit-loop-round-1"), strict=True):
+        first_shown = store.display_order(item, ann.id)[0]
+        assert label["responses"] == item.responses and label["ranks"][first_shown] == 1
+    assert (tmp_path / "run" / "round-0" / "policy" / "config.json").exists()
 
 
 def test_prompt_draws_avoid_earlier_rounds_until_the_pool_runs_out():

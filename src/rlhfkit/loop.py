@@ -33,9 +33,12 @@ from rich.console import Console
 
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
+from rlhfkit.data.readers import Row
 from rlhfkit.data.records import load_records
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.policy import evaluate_policy
+from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
+from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
@@ -66,7 +69,7 @@ class LoopConfig(Config):
         description="sampling of the candidates",
     )
     labeler: Literal["simulated", "ai", "human"] = Field(
-        "simulated", description="simulated (noisy gold labeler), ai (a judge) or human (not available yet)"
+        "simulated", description="simulated (noisy gold labeler), ai (a judge) or human (the feedback app)"
     )
     simulated: LabelConfig = Field(
         default_factory=lambda: LabelConfig(kind="ranking", gold="vader", random_prob=0.1),
@@ -75,6 +78,10 @@ class LoopConfig(Config):
     ai: AILabelConfig = Field(
         default_factory=lambda: AILabelConfig(judgement="kway"),
         description="the AI labeler (candidates and output are set by the loop)",
+    )
+    human: HumanLabelSettings = Field(
+        default_factory=HumanLabelSettings,
+        description="human labels: each round's candidates become the ranking project PROJECT-loop-round-N",
     )
     reward: RewardConfig = Field(
         default_factory=lambda: RewardConfig(epochs=1, learning_rate=1e-3, warmup_steps=5, eval_every=0),
@@ -150,6 +157,8 @@ class Loop:
         return self.config.model if round_index == 0 else str(self.dir(round_index - 1, "policy"))
 
     def labels_kind(self) -> str:
+        if self.config.labeler == "human":
+            return "ranking"
         if self.config.labeler == "ai":
             return "ranking" if self.config.ai.judgement == "kway" else "preference"
         return self.config.simulated.kind
@@ -192,12 +201,21 @@ class Loop:
     def label(self, round_index: int, out: Path) -> None:
         update = {"candidates": str(self.dir(round_index, "generate") / "candidates.jsonl")}
         update["output"] = str(out / "labels.jsonl")
-        if self.config.labeler == "ai":
+        if self.config.labeler == "human":
+            self.human_labels(round_index, Path(update["candidates"]), out / "labels.jsonl")
+        elif self.config.labeler == "ai":
             label_ai(self.config.ai.model_copy(update=update | {"seed": self.config.ai.seed + round_index}))
         else:
             simulate(
                 self.config.simulated.model_copy(update=update | {"seed": self.config.simulated.seed + round_index})
             )
+
+    def human_labels(self, round_index: int, candidates: Path, output: Path) -> None:
+        """Rank each prompt's candidates in the feedback app (waits until every item is judged)."""
+        rows = [Row(f"{candidates}:{i + 1}", row) for i, row in enumerate(_jsonl(candidates))]
+        judged = request_judgments(self.config.human, f"loop-round-{round_index + 1}", "rank", rows)
+        records = [record for item, payload in judged for record in TASKS["rank"].to_records(item, payload)]
+        output.write_text("".join(json.dumps(record) + "\n" for record in records))
 
     def all_labels(self, round_index: int, output: Path) -> int:
         """Rebuild `output` from rounds 0..round_index's label files; returns the number of records."""
@@ -294,11 +312,6 @@ class Loop:
 
 def loop(config: LoopConfig) -> Path:
     """Run (or resume) the online loop in `config.output_dir`; returns the final policy's directory."""
-    if config.labeler == "human":
-        raise ConfigError(
-            "labeler: 'human' is not available yet: it needs the feedback app, which rlhfkit does not have yet; "
-            "use labeler=simulated or labeler=ai"
-        )
     if config.optimizer == "ppo" and config.ppo.batch_size > config.prompts_per_round:
         raise ConfigError(
             f"ppo.batch_size {config.ppo.batch_size} is larger than prompts_per_round {config.prompts_per_round}: "

@@ -6,9 +6,14 @@ function typing(target) {
   return target.closest("textarea, input[type=text], input:not([type]), input[type=password], select");
 }
 
+// Enter on a focused button or link (Sign out, say) keeps its own meaning.
+function ownEnter(event) {
+  return event.key === "Enter" && event.target.closest("button, a");
+}
+
 // Any element with data-key="x" is clicked when x is pressed (outside text fields).
 function shortcut(event) {
-  if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return false;
+  if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target) || ownEnter(event)) return false;
   const button = document.querySelector(`[data-key="${CSS.escape(event.key)}"]`);
   if (!button) return false;
   event.preventDefault();
@@ -47,7 +52,7 @@ function setupRanking(list) {
     list.insertBefore(dragging, after || null);
   });
   document.addEventListener("keydown", (event) => {
-    if (typing(event.target) || event.ctrlKey || event.metaKey) return;
+    if (typing(event.target) || event.ctrlKey || event.metaKey || ownEnter(event)) return;
     const all = cards();
     const at = all.indexOf(selected);
     if (event.key === "ArrowDown" || event.key === "j") select(all[Math.min(at + 1, all.length - 1)]);
