@@ -9,6 +9,7 @@ every item judged exactly once.
 
     python bench/feedback_load.py                       # 20 annotators x 50 judgments
     python bench/feedback_load.py --kill-after 500      # the same, with a kill -9 half-way
+    python bench/feedback_load.py --db postgresql+psycopg://USER:PW@HOST/EMPTY_DB    # on PostgreSQL
 
 Writes bench/results/feedback_load.json (or --output): judgments per second, latencies, the checks.
 No peer is measured: no other labelling tool runs offline here, so this is a bare rate with its checks.
@@ -137,8 +138,8 @@ def check(db: str, shared: Shared, items: int) -> dict:
     }
 
 
-def run_load(workdir: Path, annotators: int, per_annotator: int, kill_after: int | None) -> dict:
-    db = f"sqlite:///{workdir / 'load.db'}"
+def run_load(workdir: Path, annotators: int, per_annotator: int, kill_after: int | None, db: str | None = None) -> dict:
+    db = db or f"sqlite:///{workdir / 'load.db'}"
     names = prepare(db, annotators, per_annotator)
     port = free_port()
     server = start_server(db, port)
@@ -164,6 +165,7 @@ def run_load(workdir: Path, annotators: int, per_annotator: int, kill_after: int
     server.wait()
     cuts = quantiles(shared.latencies, n=100)
     return {
+        "store": db.split(":", 1)[0],
         "annotators": annotators,
         "judgments_per_annotator": per_annotator,
         "killed_after_acknowledged": killed_at,
@@ -179,12 +181,13 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--judgments", type=int, default=50, help="judgments per annotator")
     parser.add_argument("--kill-after", type=int, default=None, help="SIGKILL the server after K acknowledgements")
+    parser.add_argument("--db", default=None, help="an empty database's URL (default: a new SQLite file in --workdir)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-feedback"))
     parser.add_argument("--output", type=Path, default=Path("bench/results/feedback_load.json"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "load.db").unlink(missing_ok=True)
-    result = run_load(args.workdir, args.annotators, args.judgments, args.kill_after)
+    result = run_load(args.workdir, args.annotators, args.judgments, args.kill_after, args.db)
     print(json.dumps(result, indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -6,15 +6,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.control.labelers import SyntheticLabeler, make_labeler
+from rlhfkit.control.labelers import HumanLabeler, SyntheticLabeler, make_labeler
 from rlhfkit.control.learner import PreferenceLearner, RewardModelSettings, reward_correlation
-from rlhfkit.control.render import headless_gl, render_clip, render_pair
+from rlhfkit.control.render import get_state, headless_gl, render_clip, render_pair, render_segment
 from rlhfkit.control.reward_model import RewardEnsemble, adapt_l2, fit, preference_probabilities, segment_pair_loss
 from rlhfkit.control.segments import (
     SELECTORS,
@@ -26,6 +29,8 @@ from rlhfkit.control.segments import (
     cut_segments,
     labels_due,
 )
+from rlhfkit.feedback.queue import HumanLabelSettings
+from rlhfkit.feedback.store import Store
 from rlhfkit.reward.losses import pairwise_logistic
 
 headless_gl()  # before anything imports mujoco
@@ -138,15 +143,18 @@ def test_synthetic_labeler_prefers_the_higher_true_return_and_ties_equal_ones():
     noisy = SyntheticLabeler(random_prob=1.0, seed=0)
     many = SegmentPairs(segments[np.zeros(400, int)], segments[np.ones(400, int)])
     assert 0.4 < np.mean(noisy.label(many)) < 0.6  # all answers random
-    with pytest.raises(ConfigError, match="feedback app"):
-        make_labeler("human", 0.0, 0.0, 0)
+    from rlhfkit.control.train import ControlConfig
+
+    assert isinstance(make_labeler(ControlConfig(), 0.02), SyntheticLabeler)
+    human = make_labeler(ControlConfig(labeler="human", output_dir="out"), 0.02)
+    assert isinstance(human, HumanLabeler) and human.clips_dir == Path("out/clips") and human.batches == 0
 
 
-def _cartpole_pool(seed: int, steps: int, length: int) -> Segments:
+def _cartpole_pool(seed: int, steps: int, length: int, record_states: bool = False) -> Segments:
     from rlhfkit.control.envs import action_encoder, make_envs
 
     _, encode = action_encoder(gym.make("CartPole-v1").action_space)
-    recorder, _ = make_envs("CartPole-v1", 1, seed, encode, normalize=False)
+    recorder, _ = make_envs("CartPole-v1", 1, seed, encode, normalize=False, record_states=record_states)
     recorder.random_steps(steps)
     episodes, _ = recorder.pop()
     return Segments.concat([s for e in episodes if (s := cut_segments(e, length, np.random.default_rng(seed)))])
@@ -214,3 +222,96 @@ def test_control_runs_end_to_end_and_resumes(tmp_path):
     assert summary["timesteps"] == 3072 and summary["labels"] <= 40 and summary["eval/true_return"] > 0
     with pytest.raises(ConfigError, match="multiple of"):
         control(load_config(ControlConfig, None, [f"output_dir={tmp_path}", "iteration_steps=1000"]))
+
+
+def test_render_segment_redraws_the_states_recorded_in_a_rollout(tmp_path):
+    cartpole = gym.make("CartPole-v1", render_mode="rgb_array")
+    cartpole.reset(seed=0)
+    cartpole.action_space.seed(0)
+    states, frames = [], []
+    for _ in range(8):
+        states.append(get_state(cartpole))
+        frames.append(cartpole.render())
+        cartpole.step(cartpole.action_space.sample())
+    redrawn = render_segment("CartPole-v1", np.stack(states))
+    assert len(redrawn) == 8 and not np.array_equal(redrawn[0], redrawn[-1])
+    assert all(np.array_equal(a, b) for a, b in zip(redrawn, frames, strict=True))  # pixel for pixel
+
+    hopper = gym.make("Hopper-v5", render_mode="rgb_array")  # MuJoCo: (qpos, qvel) into a separate render env
+    hopper.reset(seed=0)
+    hopper.action_space.seed(0)
+    states, frames = [], []
+    for _ in range(4):
+        hopper.step(hopper.action_space.sample())
+        states.append(get_state(hopper))
+        frames.append(hopper.render())
+    redrawn = [frame.astype(float) for frame in render_segment("Hopper-v5", np.stack(states))]
+    # near-exact (rounding in the re-derived kinematics) against 0.2 from three steps of motion
+    assert max(np.abs(a - b).mean() for a, b in zip(redrawn, frames, strict=True)) < 0.01
+    assert np.abs(redrawn[-1] - redrawn[0]).mean() > 0.1
+
+    # The recorder keeps each step's state beside its observation, across the reset after a fall too (CartPole's
+    # observation is its state), only when asked; segments and saved comparisons carry them along.
+    pool = _cartpole_pool(0, 300, 10, record_states=True)
+    assert pool.states.shape == (*pool.mask.shape, 4)
+    np.testing.assert_allclose(pool.states[pool.mask], pool.obs[pool.mask], atol=1e-6)
+    assert _cartpole_pool(0, 300, 10).states is None
+    Comparisons(SegmentPairs(pool[:2], pool[2:4]), np.ones(2), np.zeros(2, bool)).save(str(tmp_path / "c.npz"))
+    loaded = Comparisons.load(str(tmp_path / "c.npz"))
+    np.testing.assert_array_equal(loaded.pairs.second.states, pool.states[2:4])
+
+
+def test_human_labeler_shows_clip_pairs_in_the_feedback_app_and_waits_for_the_answers(tmp_path):
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    store = Store(db)
+    annotator = store.add_user("ann", "password1")
+    pool = _cartpole_pool(0, 300, 10, record_states=True)
+    pairs = SegmentPairs(pool[np.arange(5)], pool[np.arange(5, 10)])
+    settings = HumanLabelSettings(db=db, annotators=["ann"], poll_seconds=0.1, timeout_minutes=2)
+    labeler = HumanLabeler(settings, "CartPole-v1", 0.02, tmp_path / "clips")
+    answers: list = []
+    errors: list[BaseException] = []
+
+    def label() -> None:
+        try:
+            answers.extend(labeler.label(pairs))
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=label, daemon=True)
+    thread.start()
+    # The annotator's choice per pair, by stored reply (0: the pair's first segment): the page shuffles them.
+    wanted = [0, 1, "tie", "unsure", "both_bad"]
+    deadline, judged, items = time.monotonic() + 60, 0, None
+    while judged < len(wanted):
+        if errors:
+            raise errors[0]
+        assert time.monotonic() < deadline, f"{judged} of {len(wanted)} items judged"
+        projects = store.projects(annotator)
+        item = store.next_item(projects[0].id, annotator) if projects else None
+        if item is None:
+            time.sleep(0.05)
+            continue
+        items = items or [i.id for i in store.items(projects[0].id)]
+        want = wanted[items.index(item.id)]
+        if isinstance(want, int):
+            slot = "AB"[Store.display_order(item, annotator.id).index(want)]
+            store.submit(item.id, annotator, {"choice": f"{slot}:2"})
+        else:
+            store.submit(item.id, annotator, {"choice": want})
+        judged += 1
+    thread.join(timeout=30)
+    if errors:
+        raise errors[0]
+    assert not thread.is_alive() and answers == [1.0, 0.0, 0.5, None, None]
+
+    (project,) = store.projects(annotator)
+    assert project.task == "pairwise" and project.name.startswith("rlhfkit-control-batch-1-")
+    for item in store.items(project.id):
+        assert "CartPole-v1" in item.prompt and "10 steps" in item.prompt and all(item.responses)
+        assert [Path(m).name[-6:] for m in item.media] == ["-a.mp4", "-b.mp4"]
+        assert all(Path(m).is_absolute() and Path(m).is_file() for m in item.media)
+    clip = imageio.mimread(item.media[1], memtest=False)
+    assert len(clip) == 10 and clip[0].shape == (400, 600, 3)
+    # a resumed run numbers its batches on from the clips already there
+    assert HumanLabeler(settings, "CartPole-v1", 0.02, tmp_path / "clips").batches == 1

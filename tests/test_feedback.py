@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
 from rlhfkit.cli import app as cli_app
@@ -38,8 +40,26 @@ RESPONSES = {
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path}/feedback.db")
+def database(tmp_path):
+    """A fresh SQLite file, or with RLHFKIT_TEST_POSTGRES=postgresql+psycopg://user:pw@host a fresh PostgreSQL
+    database on that server (created and dropped here), so the same tests check both back ends."""
+    server = os.environ.get("RLHFKIT_TEST_POSTGRES")
+    if server is None:
+        yield f"sqlite:///{tmp_path}/feedback.db"
+        return
+    name = f"rlhfkit_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield f"{server}/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(database):
+    store = Store(database)
     store.add_user("admin", "admin-password", "admin")
     for name in ("ann", "bob", "cat"):
         store.add_user(name, f"{name}-password")
@@ -57,13 +77,13 @@ def sign_in(client: TestClient, name: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', response.text).group(1)
 
 
-def test_schema_is_alembic_head_and_reopening_keeps_data(tmp_path):
-    url = f"sqlite:///{tmp_path}/f.db"
-    Store(url).add_user("ann", "ann-password")
-    store = Store(url)  # migrating again is a no-op
+def test_schema_is_alembic_head_and_reopening_keeps_data(database):
+    Store(database).add_user("ann", "ann-password")
+    store = Store(database)  # migrating again is a no-op
     with store.engine.connect() as connection:
         assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
-        assert connection.execute(text("pragma journal_mode")).scalar() == "wal"
+        if database.startswith("sqlite"):
+            assert connection.execute(text("pragma journal_mode")).scalar() == "wal"
     assert {"users", "projects", "items", "judgments", "leases", "assignments"} <= set(
         inspect(store.engine).get_table_names()
     )
@@ -306,8 +326,8 @@ def test_admin_pages_create_import_assign_export(store, tmp_path):
     assert annotator.get("/projects/1/export").status_code == 403
 
 
-def test_cli_project_from_generated_replies_and_export(tmp_path, monkeypatch):
-    db = f"sqlite:///{tmp_path}/cli.db"
+def test_cli_project_from_generated_replies_and_export(tmp_path, monkeypatch, database):
+    db = database
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "It is a truth"}\n{"prompt": "Emma was"}\n')
     runner = CliRunner()

@@ -16,6 +16,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from rlhfkit.config import ConfigError
+from rlhfkit.control.render import get_state
 from rlhfkit.control.segments import Episode
 
 RewardFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs (n, d_obs), actions (n, d_act)) -> (n,)
@@ -23,18 +24,28 @@ RewardFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs (n, d_ob
 
 class LearnedRewardEnv(VecEnvWrapper):
     """Gives the agent `reward_fn(o_t, a_t)` in place of the task's reward (the task's when None), and keeps
-    every step with its true reward, as `Episode`s for the segments and the true returns for the log."""
+    every step with its true reward, as `Episode`s for the segments and the true returns for the log. With
+    `record_states` each step also keeps the simulator's state (`render.get_state`), to draw clips from later;
+    that needs the tasks in this process (make_vec_env's DummyVecEnv)."""
 
-    def __init__(self, venv: VecEnv, encode: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, venv: VecEnv, encode: Callable[[np.ndarray], np.ndarray], record_states: bool = False) -> None:
         super().__init__(venv)
         self.encode = encode
         self.reward_fn: RewardFunction | None = None
         self.episodes: list[Episode] = []
         self.true_returns: list[float] = []
-        self._steps: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in range(venv.num_envs)]
+        self._sims = venv.get_attr("unwrapped") if record_states else None
+        self._states: list[np.ndarray | None] = [None] * venv.num_envs  # those of the current observations
+        self._steps: list[list[tuple[np.ndarray, np.ndarray, float, np.ndarray | None]]] = [
+            [] for _ in range(venv.num_envs)
+        ]
+
+    def _sim_states(self) -> list[np.ndarray | None]:
+        return [get_state(sim) for sim in self._sims] if self._sims else [None] * self.num_envs
 
     def reset(self) -> np.ndarray:
         self._obs = self.venv.reset()
+        self._states = self._sim_states()
         self._steps = [[] for _ in range(self.num_envs)]  # an interrupted episode is not recorded
         return self._obs
 
@@ -45,18 +56,21 @@ class LearnedRewardEnv(VecEnvWrapper):
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         obs, true_rewards, dones, infos = self.venv.step_wait()  # obs: the next episode's first after a done
         for i, steps in enumerate(self._steps):
-            steps.append((self._obs[i], self._actions[i], float(true_rewards[i])))
+            steps.append((self._obs[i], self._actions[i], float(true_rewards[i]), self._states[i]))
             if dones[i]:
                 # a time limit does not end the task: such an episode's segments get no absorbing padding
                 self._finish(i, terminated=not infos[i].get("TimeLimit.truncated", False))
                 self.true_returns.append(float(infos[i]["episode"]["r"]))
         rewards = true_rewards if self.reward_fn is None else self.reward_fn(self._obs, self._actions)
-        self._obs = obs
+        self._obs, self._states = obs, self._sim_states()  # after a done: the next episode's first
         return obs, np.asarray(rewards, dtype=np.float32), dones, infos
 
     def _finish(self, i: int, terminated: bool) -> None:
-        obs, actions, rewards = zip(*self._steps[i], strict=True)
-        self.episodes.append(Episode(np.stack(obs), np.stack(actions), np.asarray(rewards, np.float32), terminated))
+        obs, actions, rewards, states = zip(*self._steps[i], strict=True)
+        recorded = None if states[0] is None else np.stack(states)
+        self.episodes.append(
+            Episode(np.stack(obs), np.stack(actions), np.asarray(rewards, np.float32), terminated, recorded)
+        )
         self._steps[i] = []
 
     def pop(self) -> tuple[list[Episode], list[float]]:
@@ -107,10 +121,16 @@ def describe(env_id: str) -> tuple[int, int, Callable[[np.ndarray], np.ndarray],
 
 
 def make_envs(
-    env_id: str, n_envs: int, seed: int, encode: Callable[[np.ndarray], np.ndarray], normalize: bool
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    encode: Callable[[np.ndarray], np.ndarray],
+    normalize: bool,
+    record_states: bool = False,
 ) -> tuple[LearnedRewardEnv, VecEnv]:
-    """(the recorder, the VecEnv the agent steps: the recorder itself or VecNormalize over it)."""
-    recorder = LearnedRewardEnv(make_vec_env(env_id, n_envs=n_envs, seed=seed), encode)
+    """(the recorder, the VecEnv the agent steps: the recorder itself or VecNormalize over it); `record_states`
+    for clips (a human labeler)."""
+    recorder = LearnedRewardEnv(make_vec_env(env_id, n_envs=n_envs, seed=seed), encode, record_states)
     return recorder, VecNormalize(recorder, norm_reward=False) if normalize else recorder
 
 

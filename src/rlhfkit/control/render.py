@@ -1,7 +1,9 @@
 """Clips of an agent's behaviour, as a human labeler would watch them: MP4 files, one segment or a pair.
 
 Rendering is headless: MuJoCo through EGL (or OSMesa where libEGL is missing), chosen by `MUJOCO_GL` before
-mujoco is first imported; CartPole and the other classic-control tasks draw with pygame into an array.
+mujoco is first imported; CartPole and the other classic-control tasks draw with pygame into an array. A segment
+is drawn after the fact from the simulator state recorded at each of its steps (`get_state`), restored into a
+separate render env (`set_state`, `render_segment`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import ctypes.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from rlhfkit.config import ConfigError
 
 
 def headless_gl() -> str:
@@ -20,6 +25,53 @@ def headless_gl() -> str:
         os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     return os.environ["MUJOCO_GL"]
+
+
+def get_state(env: Any) -> np.ndarray:
+    """The state a picture is drawn from, as one float64 vector: MuJoCo's (qpos, qvel) joined, or classic
+    control's `state` (CartPole, Pendulum, ...)."""
+    sim = env.unwrapped
+    if hasattr(sim, "set_state") and hasattr(sim, "data"):  # a MujocoEnv
+        return np.concatenate([sim.data.qpos, sim.data.qvel])
+    if getattr(sim, "state", None) is not None:
+        return np.array(sim.state, dtype=np.float64)
+    raise ConfigError(f"{sim}: cannot record its state for clips: not a MuJoCo or classic-control environment")
+
+
+def set_state(env: Any, state: np.ndarray) -> None:
+    """Put a state from `get_state` back into an env of the same task."""
+    sim = env.unwrapped
+    if hasattr(sim, "set_state") and hasattr(sim, "data"):
+        sim.set_state(state[: sim.model.nq], state[sim.model.nq :])
+    else:
+        sim.state = np.array(state)
+
+
+def render_env(env_id: str) -> Any:
+    """An `rgb_array` env of the task to draw recorded states with (headless), reset once."""
+    import gymnasium as gym
+
+    headless_gl()
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    return env
+
+
+def render_segment(env: Any, states: np.ndarray) -> list[np.ndarray]:
+    """The (H, W, 3) frames of a segment's steps, drawn from its recorded states (L, d_state); `env` is a
+    `render_env` (reuse it across segments: a MuJoCo one holds a GL context) or a task id to make one for this."""
+    own = isinstance(env, str)
+    if own:
+        env = render_env(env)
+    try:
+        frames = []
+        for state in states:
+            set_state(env, state)
+            frames.append(env.render())
+        return frames
+    finally:
+        if own:
+            env.close()
 
 
 def _even(frame: np.ndarray) -> np.ndarray:

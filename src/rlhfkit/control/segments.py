@@ -5,7 +5,8 @@ environment time (section 2.2.1); the queries are pairs with the most disagreeme
 ensemble (section 2.2.4); labels come at a rate decreasing with time (appendix A.1). A segment cut from an
 episode that ends by termination (a fall, not a time limit) is padded after the termination step with the
 absorbing "ended" state: `mask` is False there and the true reward 0, which is what makes falling visible to a
-labeler who compares sums of reward.
+labeler who compares sums of reward. For a human labeler each step also keeps the simulator's `states`, from
+which its picture is drawn again later (rlhfkit.control.render.render_segment); None otherwise.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ import torch
 
 @dataclass
 class Segments:
-    """N segments of L steps: obs (N, L, d_obs), actions (N, L, d_act), true_rewards (N, L), mask (N, L) bool."""
+    """N segments of L steps: obs (N, L, d_obs), actions (N, L, d_act), true_rewards (N, L), mask (N, L) bool;
+    states (N, L, d_state) the simulator's, or None when not recorded."""
 
     obs: np.ndarray
     actions: np.ndarray
     true_rewards: np.ndarray
     mask: np.ndarray
+    states: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.mask)
 
     def __getitem__(self, index: np.ndarray | slice) -> Segments:
-        return Segments(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Segments(**{f.name: _index(getattr(self, f.name), index) for f in fields(self)})
 
     def true_returns(self) -> np.ndarray:
         """Σ_t r(s_t, a_t) of the environment's own reward, per segment: (N,). Padding adds 0."""
@@ -39,7 +42,16 @@ class Segments:
 
     @staticmethod
     def concat(parts: list[Segments]) -> Segments:
-        return Segments(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Segments)})
+        """The parts one after the other; states only when every part has them."""
+        return Segments(**{f.name: _concat([getattr(p, f.name) for p in parts]) for f in fields(Segments)})
+
+
+def _index(array: np.ndarray | None, index: np.ndarray | slice) -> np.ndarray | None:
+    return None if array is None else array[index]
+
+
+def _concat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if any(a is None for a in arrays) else np.concatenate(arrays)
 
 
 @dataclass
@@ -56,12 +68,13 @@ class SegmentPairs:
 @dataclass
 class Episode:
     """One recorded episode: obs (T, d_obs), actions (T, d_act) encoded, true_rewards (T,); `terminated` is True
-    when it ended by termination (False: a time limit, or still running)."""
+    when it ended by termination (False: a time limit, or still running); states (T, d_state) or None."""
 
     obs: np.ndarray
     actions: np.ndarray
     true_rewards: np.ndarray
     terminated: bool
+    states: np.ndarray | None = None
 
 
 def cut_segments(episode: Episode, length: int, rng: np.random.Generator) -> Segments | None:
@@ -84,6 +97,7 @@ def cut_segments(episode: Episode, length: int, rng: np.random.Generator) -> Seg
         actions=episode.actions[index],
         true_rewards=np.where(mask, episode.true_rewards[index], 0.0).astype(np.float32),
         mask=mask,
+        states=_index(episode.states, index),  # padding repeats the last state: the clip holds its last picture
     )
 
 
@@ -168,6 +182,7 @@ class Comparisons:
             f"{side}_{f.name}": getattr(getattr(self.pairs, side), f.name)
             for side in ("first", "second")
             for f in fields(Segments)
+            if getattr(getattr(self.pairs, side), f.name) is not None
         }
         np.savez_compressed(path, labels=self.labels, validation=self.validation, **arrays)
 
@@ -175,6 +190,6 @@ class Comparisons:
     def load(path: str) -> Comparisons:
         data = np.load(path)
         first, second = (
-            Segments(**{f.name: data[f"{side}_{f.name}"] for f in fields(Segments)}) for side in ("first", "second")
+            Segments(**{f.name: data.get(f"{side}_{f.name}") for f in fields(Segments)}) for side in ("first", "second")
         )
         return Comparisons(SegmentPairs(first, second), data["labels"], data["validation"])

@@ -29,6 +29,7 @@ from rlhfkit.control.learner import PreferenceLearner, RewardModelSettings
 from rlhfkit.control.render import headless_gl
 from rlhfkit.control.reward_model import RewardEnsemble
 from rlhfkit.control.segments import Episode, Segments, cut_segments, labels_due
+from rlhfkit.feedback.queue import HumanLabelSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ class ControlConfig(Config):
     labeler: Literal["synthetic", "human"] = Field("synthetic", description="synthetic (the true reward) or human")
     labeler_temperature: float = Field(0.0, ge=0, description="synthetic: T in sigma((R¹ - R²)/T) (0: exact)")
     labeler_random_prob: float = Field(0.0, ge=0, le=1, description="synthetic: chance of a random answer")
+    human: HumanLabelSettings = Field(
+        default_factory=HumanLabelSettings,
+        description="human: the feedback store; a pairwise project PROJECT-control-batch-N-HASH per batch",
+    )
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings, description="reward model")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="PPO agent")
     eval_episodes: int = Field(10, ge=0, description="deterministic episodes on the true reward after training")
@@ -150,7 +155,6 @@ def _evaluate(config: ControlConfig, venv: VecEnv, agent: PPO) -> dict[str, floa
 
 def control(config: ControlConfig) -> Path:
     """Run (or resume) `rlhfkit control` in config.output_dir; returns its summary.json."""
-    labeler = make_labeler(config.labeler, config.labeler_temperature, config.labeler_random_prob, config.seed)
     rollout = config.agent.n_steps * config.agent.n_envs
     if config.iteration_steps % rollout:
         raise ConfigError(
@@ -170,9 +174,11 @@ def control(config: ControlConfig) -> Path:
     dump_config(config, out / "config.yaml")
 
     obs_dim, act_dim, encode, dt = describe(config.env)
+    labeler = make_labeler(config, dt)
     length = max(1, round(config.segment_seconds / dt))
+    human = config.labeler == "human" and config.reward == "learned"
     recorder, venv = make_envs(
-        config.env, config.agent.n_envs, config.seed, encode, config.agent.normalize_observations
+        config.env, config.agent.n_envs, config.seed, encode, config.agent.normalize_observations, human
     )
     rm = config.reward_model
     learner = PreferenceLearner(RewardEnsemble(obs_dim, act_dim, rm.members, rm.hidden), labeler, rm)

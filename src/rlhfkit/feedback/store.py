@@ -257,7 +257,9 @@ class Store:
         done among those still short of `per_item` judgments (counting other annotators' live leases)."""
         now = utcnow()
         with self.session() as session:
-            project = session.get(Project, project_id)
+            # The project row's lock makes handing out items one at a time per project on PostgreSQL, as
+            # SQLite's BEGIN IMMEDIATE does for the whole store: two annotators never draw the same last slot.
+            project = session.get(Project, project_id, with_for_update=True)
             if project is None or not self.is_assigned(session, project_id, user):
                 raise StoreError("this project is not assigned to you")
             held = session.scalar(
