@@ -228,19 +228,13 @@ def check_export(env: Env, boss: Page, project: str, expected: list[dict[str, An
 
 
 def pair_record(item: Item, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    if payload["outcome"] == "tie":
-        return [{"prompt": item.prompt, "chosen": item.responses[0], "rejected": item.responses[1], "tie": True}]
-    if payload["outcome"] != "preferred":
-        return []
-    best = payload["preferred"]
-    return [
-        {
-            "prompt": item.prompt,
-            "chosen": item.responses[best],
-            "rejected": item.responses[1 - best],
-            "strength": payload["strength"],
-        }
-    ]
+    """The export a pairwise payload must give, written out here independently of the app's own code."""
+    outcome = payload["outcome"]
+    if outcome not in ("tie", "preferred"):
+        return []  # both bad / can't tell: no order to learn from
+    best = 0 if outcome == "tie" else payload["preferred"]
+    record = {"prompt": item.prompt, "chosen": item.responses[best], "rejected": item.responses[1 - best]}
+    return [record | ({"tie": True} if outcome == "tie" else {"strength": payload["strength"]})]
 
 
 # --- signing in and access ----------------------------------------------------------------------------------
