@@ -110,6 +110,15 @@ def test_malformed_import_names_the_row_and_writes_nothing(store, tmp_path):
     assert store.items("p") == []
 
 
+def test_candidates_split_into_one_item_per_reply_for_one_reply_tasks(store):
+    store.create_project("rate", "likert", rows=rows({"prompt": "q", "responses": ["a", "b", "c"]}))
+    assert [(i.responses, i.source["location"]) for i in store.items("rate")] == [
+        (["a"], "items.jsonl:1#1"),
+        (["b"], "items.jsonl:1#2"),
+        (["c"], "items.jsonl:1#3"),
+    ]
+
+
 def test_each_item_goes_to_per_item_annotators_and_never_twice_to_one(store):
     project = store.create_project("p", "thumbs", per_item=2)
     store.add_items("p", rows({"prompt": "a", "completion": "x"}, {"prompt": "b", "completion": "y"}))

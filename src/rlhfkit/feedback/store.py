@@ -215,7 +215,20 @@ class Store:
 
     @classmethod
     def _items(cls, task: Any, rows: Sequence[Row]) -> list[Item]:
-        return [cls._item(task, row.data, row.location) for row in rows]
+        """Items of `rows`; for one-reply tasks (rate, thumbs, edit) a row of K candidates gives K items."""
+        return [cls._item(task, data, location) for row in rows for data, location in cls._split(task, row)]
+
+    @staticmethod
+    def _split(task: Any, row: Row) -> list[tuple[dict[str, Any], str]]:
+        responses = row.data.get("responses")
+        if (
+            task.responses[1] != 1
+            or not isinstance(responses, list)
+            or len(responses) < 2
+            or {"media", "gold"} & row.data.keys()
+        ):
+            return [(row.data, row.location)]
+        return [({**row.data, "responses": [r]}, f"{row.location}#{k + 1}") for k, r in enumerate(responses)]
 
     @staticmethod
     def _item(task: Any, row: dict[str, Any], location: str) -> Item:
