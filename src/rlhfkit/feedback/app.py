@@ -7,7 +7,9 @@ prompts are untrusted: templates autoescape them, and the Content-Security-Polic
 
 from __future__ import annotations
 
+import json
 import secrets
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -242,8 +244,6 @@ def _register_admin(app: FastAPI, page: Any) -> None:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(422, "field 'file': choose a JSONL or JSON file")
-        import tempfile
-
         suffix = Path(upload.filename or "items.jsonl").suffix or ".jsonl"
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{Path(upload.filename or 'items').stem}{suffix}"
@@ -272,8 +272,6 @@ def _register_admin(app: FastAPI, page: Any) -> None:
             kind, records = export_records(store, project.name, consensus)
         except StoreError as exc:
             raise HTTPException(400, str(exc)) from None
-        import json
-
         body = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         name = f"{project.name}-{kind}{'-consensus' if consensus else ''}.jsonl"
         return Response(

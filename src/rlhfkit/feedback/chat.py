@@ -16,6 +16,7 @@ from sqlalchemy import select
 from rlhfkit.feedback.schema import Item, Judgment, Project, User
 from rlhfkit.feedback.store import Store
 from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.models.loading import load_model, load_tokenizer
 
 SETTINGS = SamplingSettings(max_new_tokens=64, temperature=0.9)
 
@@ -28,8 +29,6 @@ class ConversationState:
 
 @lru_cache(maxsize=2)
 def _model(name_or_path: str) -> tuple[Any, Any]:
-    from rlhfkit.models.loading import load_model, load_tokenizer
-
     model = load_model(name_or_path)
     model.eval()
     return model, load_tokenizer(name_or_path)

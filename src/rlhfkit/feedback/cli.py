@@ -11,8 +11,14 @@ from typing import Annotated
 import typer
 
 from rlhfkit.cli import app
-from rlhfkit.data.readers import DataError, Row
+from rlhfkit.data.readers import DataError, Row, read_rows
+from rlhfkit.data.records import load_records
+from rlhfkit.feedback.export import export_records, write_records
+from rlhfkit.feedback.stats import project_stats
 from rlhfkit.feedback.store import DEFAULT_DB, Store, StoreError
+from rlhfkit.feedback.tasks import TASKS
+from rlhfkit.generation.generate import sample_replies
+from rlhfkit.generation.sampling import SamplingSettings
 
 feedback_app = typer.Typer(
     help="The feedback store: users, projects, items, assignments, statistics.", no_args_is_help=True
@@ -64,8 +70,6 @@ def export(
     consensus: Annotated[bool, typer.Option(help="one record per item, by consensus of its annotators")] = False,
     hf: Annotated[bool, typer.Option("--hf", help="write a `save_to_disk` dataset directory")] = False,
 ) -> None:
-    from rlhfkit.feedback.export import export_records, write_records
-
     try:
         kind, records = export_records(Store(db), project, consensus)
     except StoreError as exc:
@@ -102,26 +106,16 @@ def create_project(
     try:
         store = Store(db)
         generated = _generated_rows(prompts, models or [], samples) if prompts else []
-        rows = [row for path in items or [] for row in _rows(path)] + generated
+        rows = [row for path in items or [] for row in read_rows(path)] + generated
         project = store.create_project(name, task, per_item, instructions, chat_model, rows)
         store.assign(name, assign or [])
     except (StoreError, DataError) as exc:
         raise _fail(exc) from None
-    print(f"project {project.name!r} ({task}): {len(rows)} items")
-
-
-def _rows(path: Path) -> list[Row]:
-    from rlhfkit.data.readers import read_rows
-
-    return list(read_rows(path))
+    print(f"project {project.name!r} ({task}): {len(store.items(name))} items")
 
 
 def _generated_rows(prompts: Path, models: list[str], samples: int) -> list[Row]:
     """Rows of replies from each model in turn (their names kept per reply in `models`)."""
-    from rlhfkit.data.records import load_records
-    from rlhfkit.generation.generate import sample_replies
-    from rlhfkit.generation.sampling import SamplingSettings
-
     if not models:
         raise StoreError("--prompts needs at least one --models to generate replies with")
     records = load_records(prompts, "prompt")
@@ -150,9 +144,6 @@ def assign(project: str, users: list[str], db: DbOpt = DEFAULT_DB) -> None:
 
 @feedback_app.command("stats", help="Progress, agreement (pairwise, Krippendorff's alpha) and gold accuracy.")
 def stats(project: str, db: DbOpt = DEFAULT_DB) -> None:
-    from rlhfkit.feedback.stats import project_stats
-    from rlhfkit.feedback.tasks import TASKS
-
     try:
         store = Store(db)
         target = store.project(project)
