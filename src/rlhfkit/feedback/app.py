@@ -325,7 +325,7 @@ def _assigned_project(store: Store, project_id: int, user: User) -> Project:
 
 
 def _assigned_item(store: Store, item_id: int, user: User) -> Item:
-    with store.session() as session:
+    with store.reading() as session:
         item = session.get(Item, item_id)
         if item is None or not store.is_assigned(session, item.project_id, user):
             raise HTTPException(403, "this item is not assigned to you")

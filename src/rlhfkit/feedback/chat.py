@@ -37,7 +37,7 @@ def _model(name_or_path: str) -> tuple[Any, Any]:
 def _turns(store: Store, project_id: int, user: User, conversation: str | None) -> list[tuple[Item, Judgment | None]]:
     if conversation is None:
         return []
-    with store.session() as session:
+    with store.reading() as session:
         items = session.scalars(select(Item).where(Item.project_id == project_id).order_by(Item.id)).all()
         turns = [i for i in items if i.source.get("conversation") == conversation and i.source.get("user") == user.id]
         judgments = {

@@ -54,8 +54,9 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_engine(url: str = DEFAULT_DB) -> Engine:
-    """An engine on `url` with the schema migrated to the newest revision (Alembic)."""
+def open_engine(url: str = DEFAULT_DB, writer: bool = True) -> Engine:
+    """An engine on `url`. On SQLite a writer's transactions take the write lock when they begin; a reader's
+    never take it (WAL readers see the last commit and wait for no one)."""
     if url.startswith("sqlite") and ":memory:" in url:
         raise StoreError("an in-memory SQLite store vanishes with its connection; give a file path")
     sqlite = url.startswith("sqlite")
@@ -63,8 +64,8 @@ def open_engine(url: str = DEFAULT_DB) -> Engine:
     if sqlite:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _begin_immediate)
-    migrate(engine)
+        if writer:
+            event.listen(engine, "begin", _begin_immediate)
     return engine
 
 
@@ -83,11 +84,20 @@ class Store:
     def __init__(self, url: str = DEFAULT_DB) -> None:
         self.url = url
         self.engine = open_engine(url)
+        migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(open_engine(url, writer=False), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """A transaction that may write: committed at the end, rolled back on an exception."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction: it does not queue behind writers for SQLite's write lock."""
+        with self._readers() as session:
             yield session
 
     def secret(self) -> str:
@@ -116,7 +126,7 @@ class Store:
             raise StoreError(f"user {name!r} exists already") from None
 
     def authenticate(self, name: str, password: str) -> User | None:
-        with self.session() as session:
+        with self.reading() as session:
             user = session.scalar(select(User).where(User.name == name))
             try:
                 return user if user is not None and _hasher.verify(user.password_hash, password) else None
@@ -124,11 +134,11 @@ class Store:
                 return None
 
     def user(self, user_id: int) -> User | None:
-        with self.session() as session:
+        with self.reading() as session:
             return session.get(User, user_id)
 
     def users(self) -> list[User]:
-        with self.session() as session:
+        with self.reading() as session:
             return list(session.scalars(select(User).order_by(User.name)))
 
     # --- projects ---------------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ class Store:
             raise StoreError(f"project {name!r} exists already") from None
 
     def project(self, name_or_id: str | int) -> Project:
-        with self.session() as session:
+        with self.reading() as session:
             column = Project.id if isinstance(name_or_id, int) else Project.name
             project = session.scalar(select(Project).where(column == name_or_id))
             if project is None:
@@ -177,7 +187,7 @@ class Store:
         query = select(Project).order_by(Project.id)
         if user is not None and user.role != "admin":
             query = query.join(Assignment).where(Assignment.user_id == user.id)
-        with self.session() as session:
+        with self.reading() as session:
             return list(session.scalars(query))
 
     def assign(self, project: str, names: Sequence[str]) -> None:
@@ -354,7 +364,7 @@ class Store:
     def judgments(self, project: str | int) -> list[JudgmentRow]:
         """Every raw judgment of a project, oldest first, with its item and annotator."""
         project_id = self.project(project).id
-        with self.session() as session:
+        with self.reading() as session:
             rows = session.execute(
                 select(Judgment, Item, User.name)
                 .join(Item, Item.id == Judgment.item_id)
@@ -365,7 +375,7 @@ class Store:
             return [JudgmentRow(judgment, item, name) for judgment, item, name in rows]
 
     def progress(self, project_id: int, user: User) -> Progress:
-        with self.session() as session:
+        with self.reading() as session:
             project = session.get(Project, project_id)
             counts = select(Judgment.item_id, func.count().label("n")).group_by(Judgment.item_id).subquery()
             items = session.scalar(select(func.count()).where(Item.project_id == project_id)) or 0
@@ -385,7 +395,7 @@ class Store:
 
     def items(self, project: str | int) -> list[Item]:
         project_id = self.project(project).id
-        with self.session() as session:
+        with self.reading() as session:
             return list(session.scalars(select(Item).where(Item.project_id == project_id).order_by(Item.id)))
 
 
