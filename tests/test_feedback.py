@@ -405,3 +405,21 @@ def test_chat_turns_become_pairwise_items(store):
     ]
     _, records = export_records(store, "talk")
     assert records[0]["chosen"] == picked and records[0]["prompt"] == item.prompt
+
+
+def test_clips_are_served_to_assigned_annotators_only(store, tmp_path):
+    clips = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for clip, content in zip(clips, (b"clip a", b"clip b"), strict=True):
+        clip.write_bytes(content)
+    item = {"prompt": "Which hop is better?", "responses": ["left", "right"], "media": [str(c) for c in clips]}
+    store.create_project("clips", "pairwise", rows=rows(item))
+    store.assign("clips", ["ann"])
+    annotator, outsider = TestClient(create_app(store)), TestClient(create_app(store))
+    sign_in(annotator, "ann")
+    sign_in(outsider, "bob")
+    item_id = store.items("clips")[0].id
+    page = annotator.get("/projects/1").text
+    assert f'<video src="/media/{item_id}/0"' in page and f'<video src="/media/{item_id}/1"' in page
+    assert annotator.get(f"/media/{item_id}/1").content == b"clip b"
+    assert annotator.get(f"/media/{item_id}/2").status_code == 404
+    assert outsider.get(f"/media/{item_id}/0").status_code == 403
