@@ -3,12 +3,16 @@
 The app runs under uvicorn in a background thread on a fresh SQLite store. Every task type is labelled with the
 mouse and with the keyboard shortcuts the pages show in <kbd>, and each judgment is then read back from the
 database (a second `Store` on the same file) and from the export, both `export_records` and the admin's
-download link. The pages' screenshots for the README are written to docs/screenshots/.
+download link. With RLHFKIT_SCREENSHOTS=docs/screenshots the pages' screenshots for the README are written
+there (`RLHFKIT_SCREENSHOTS=docs/screenshots python -m pytest tests/test_feedback_browser.py`); otherwise to a
+temporary folder, so a test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +49,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 VIEWPORT = {"width": 1200, "height": 800}
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("RLHFKIT_SCREENSHOTS") or tempfile.mkdtemp(prefix="rlhfkit-screenshots-"))
 PASSWORD = "correct horse battery"
 XSS = "<script>window.pwned=1</script><b>x</b>"
 CHAT_TIMEOUT_MS = 120_000  # a chat turn samples two replies from tiny-austen on a busy CPU
@@ -159,7 +163,9 @@ def boss(env: Env) -> Iterator[Page]:
 
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000, f"{path}: an empty-looking screenshot"
 
 
 def submits(page: Page, action: Callable[[], Any], timeout: float = 20_000, status: int = 200) -> None:
