@@ -104,3 +104,32 @@ def test_eval_needs_policies(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval"])
     assert exit_info.value.code == 2 and "policies" in capsys.readouterr().err
+
+
+def test_summary_names_rows_by_short_run_names_and_fits_80_columns(monkeypatch: pytest.MonkeyPatch):
+    from rich.console import Console
+
+    from rlhfkit.evaluation import evaluate as stage
+
+    names = ["runs/quickstart/sft", "runs/quickstart/ppo", "runs/quickstart/dpo"]
+    assert stage.short_names([*names, "other/ppo", "gpt2"]) == {
+        "runs/quickstart/sft": "sft",
+        "runs/quickstart/ppo": "quickstart/ppo",  # "ppo" alone would not tell it from other/ppo
+        "runs/quickstart/dpo": "dpo",
+        "other/ppo": "other/ppo",
+        "gpt2": "gpt2",
+    }
+    metrics = {"eval/gold": 0.5, "eval/kl": 0.25, "eval/length": 31.5, "eval/distinct2": 0.8}
+    interval = {"win_rate": 0.95, "lower": 0.91, "upper": 0.97}
+    policies = {n: {"metrics": metrics, "win_rate": interval, "calibration": {"ece": 0.1}} for n in names}
+    standings = [{"name": n, "elo": 1217.0, "elo_lower": 1189.0, "elo_upper": 1249.0} for n in names]
+    out = {"prompts": 256, "reference": names[0], "labeler": "vader", "policies": policies}
+    out["leaderboard"] = {"standings": standings}
+    console = Console(width=80, record=True, force_terminal=False)
+    monkeypatch.setattr(stage, "console", console)
+    stage.print_summary(out)
+    text = console.export_text()
+    rows = [line.split()[0] for line in text.splitlines() if line.strip().split()[:1] in (["sft"], ["ppo"], ["dpo"])]
+    assert rows == ["sft", "ppo", "dpo"]
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
+    assert "0.95" in text and "[0.91, 0.97]" in text and "[1189, 1249]" in text

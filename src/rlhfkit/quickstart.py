@@ -12,6 +12,9 @@ win-rates, a Bradley-Terry leaderboard, calibration on the cloze probe) and `rlh
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -88,14 +91,43 @@ def samples_for(model_path: str, prompts: list[str], config: QuickstartConfig) -
     return sample(model, tokenizer, prompts, config.sampling).texts
 
 
+class StageClock:
+    """Wall time per stage of the run, printed as a table at the end and kept in `timings.json`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self, path: Path) -> None:
+        total = sum(self.seconds.values())
+        table = Table(title=f"wall time per stage ({torch.get_num_threads()} threads)", show_footer=True)
+        table.add_column("stage", footer="total")
+        table.add_column("time", justify="right", footer=minutes(total))
+        for name, seconds in self.seconds.items():
+            table.add_row(name, minutes(seconds))
+        console.print(table)
+        path.write_text(json.dumps({**self.seconds, "total": total}, indent=2) + "\n")
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
+
+
 def quickstart(config: QuickstartConfig) -> None:
     output_dir = Path(config.output_dir)
+    clock = StageClock()
     sft_config = config.sft.model_copy(update={"output_dir": str(output_dir / "sft")})
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.show]
     console.rule(f"1/6 SFT of {sft_config.model} on {sft_config.data}")
-    before = samples_for(sft_config.model, prompts, config)
-    sft_dir = sft(sft_config)
-    after = samples_for(str(sft_dir), prompts, config)
+    with clock.stage("SFT, with samples before and after"):
+        before = samples_for(sft_config.model, prompts, config)
+        sft_dir = sft(sft_config)
+        after = samples_for(str(sft_dir), prompts, config)
     console.rule("2/6 samples for held-out openings, before and after SFT")
     print_samples(prompts, {sft_config.model: before, "after SFT": after})
     losses = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
@@ -104,7 +136,7 @@ def quickstart(config: QuickstartConfig) -> None:
         f"held-out SFT loss: {evals[0]['eval/loss']:.3f} (step 0) -> {evals[-1]['eval/loss']:.3f} "
         f"(step {evals[-1]['step']}); model saved to {sft_dir}"
     )
-    reward_dir = train_reward_model(config, sft_dir)
+    reward_dir = train_reward_model(config, sft_dir, clock)
     metrics = json.loads((reward_dir / "eval.json").read_text())
     console.print(
         f"held-out reward-model accuracy: [bold]{metrics['eval/reward/accuracy']:.3f}[/bold] on "
@@ -112,42 +144,48 @@ def quickstart(config: QuickstartConfig) -> None:
         f"(chance 0.5); model saved to {reward_dir}"
     )
     console.rule(f"5/6 PPO against the reward model, {config.ppo.max_steps} steps of {config.ppo.batch_size} episodes")
-    ppo_dir = ppo(
-        config.ppo.model_copy(
-            update={
-                "model": str(sft_dir),
-                "rewards": [RewardSource(source=str(reward_dir))],
-                "gold": config.labeler.gold,
-                "output_dir": str(output_dir / "ppo"),
-            }
+    with clock.stage("PPO"):
+        ppo_dir = ppo(
+            config.ppo.model_copy(
+                update={
+                    "model": str(sft_dir),
+                    "rewards": [RewardSource(source=str(reward_dir))],
+                    "gold": config.labeler.gold,
+                    "output_dir": str(output_dir / "ppo"),
+                }
+            )
         )
-    )
     console.rule("6/6 DPO on the best-vs-worst pair of each ranking")
-    dpo_dir = dpo(
-        config.dpo.model_copy(
-            update={
-                "model": str(sft_dir),
-                "data": str(best_vs_worst(output_dir / "labels.jsonl", output_dir / "dpo-pairs.jsonl")),
-                "output_dir": str(output_dir / "dpo"),
-            }
+    with clock.stage("DPO"):
+        dpo_dir = dpo(
+            config.dpo.model_copy(
+                update={
+                    "model": str(sft_dir),
+                    "data": str(best_vs_worst(output_dir / "labels.jsonl", output_dir / "dpo-pairs.jsonl")),
+                    "output_dir": str(output_dir / "dpo"),
+                }
+            )
         )
-    )
     policies = {"SFT": sft_dir, "PPO": ppo_dir, "DPO": dpo_dir}
-    print_samples(prompts, {name: samples_for(str(path), prompts, config) for name, path in policies.items()})
+    with clock.stage("samples side by side"):
+        print_samples(prompts, {name: samples_for(str(path), prompts, config) for name, path in policies.items()})
     console.rule(f"evaluation of SFT, PPO and DPO on {config.evaluation.limit} held-out prompts, and the report")
-    evaluate(
-        config.evaluation.model_copy(
-            update={
-                "policies": [str(path) for path in policies.values()],
-                "reference": str(sft_dir),
-                "reward_models": [str(reward_dir)],
-                "output_dir": str(output_dir / "eval"),
-            }
+    with clock.stage("evaluation"):
+        evaluate(
+            config.evaluation.model_copy(
+                update={
+                    "policies": [str(path) for path in policies.values()],
+                    "reference": str(sft_dir),
+                    "reward_models": [str(reward_dir)],
+                    "output_dir": str(output_dir / "eval"),
+                }
+            )
         )
-    )
-    page = report(
-        ReportConfig(runs=[str(output_dir)], output=str(output_dir / "report.html"), title="rlhfkit quickstart")
-    )
+    with clock.stage("report"):
+        page = report(
+            ReportConfig(runs=[str(output_dir)], output=str(output_dir / "report.html"), title="rlhfkit quickstart")
+        )
+    clock.report(output_dir / "timings.json")
     console.print(f"report: [bold]{page}[/bold]")
 
 
@@ -179,26 +217,29 @@ def reward_prompts(count: int) -> list:
     return pool[:count]
 
 
-def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
+def train_reward_model(config: QuickstartConfig, sft_dir: Path, clock: StageClock) -> Path:
     """Sample K candidates per prompt from the SFT model, rank them with the labeler, train a reward model."""
     output_dir = Path(config.output_dir)
     prompts_file = output_dir / "reward-prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in reward_prompts(config.reward_prompts)))
     k = config.samples_per_prompt
     console.rule(f"3/6 {k} continuations per prompt from the SFT model, ranked by a {config.labeler.gold} labeler")
-    candidates = generate(
-        GenerateConfig(
-            model=str(sft_dir),
-            prompts=str(prompts_file),
-            output=str(output_dir / "candidates.jsonl"),
-            num_samples=k,
-            seed=config.seed,
-            sampling=config.candidates,
+    with clock.stage("candidates and simulated labels"):
+        candidates = generate(
+            GenerateConfig(
+                model=str(sft_dir),
+                prompts=str(prompts_file),
+                output=str(output_dir / "candidates.jsonl"),
+                num_samples=k,
+                seed=config.seed,
+                sampling=config.candidates,
+            )
         )
-    )
-    labels = simulate(
-        config.labeler.model_copy(update={"candidates": str(candidates), "output": str(output_dir / "labels.jsonl")})
-    )
+        labels = simulate(
+            config.labeler.model_copy(
+                update={"candidates": str(candidates), "output": str(output_dir / "labels.jsonl")}
+            )
+        )
     console.rule(f"4/6 reward model on {sum(1 for _ in labels.open())} rankings of {k}")
     reward_config = config.reward.model_copy(
         update={
@@ -207,4 +248,5 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path) -> Path:
             "output_dir": str(output_dir / "reward"),
         }
     )
-    return reward(reward_config)
+    with clock.stage("reward model"):
+        return reward(reward_config)

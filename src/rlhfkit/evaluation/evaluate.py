@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -186,30 +186,43 @@ def write_outputs(config: EvalConfig, out: dict[str, Any], prompts: list[Text], 
     return path
 
 
+def short_names(names: list[str]) -> dict[str, str]:
+    """Each path by its shortest suffix of path parts that no other name ends with (runs/qs/ppo -> ppo)."""
+    parts = {name: Path(name).parts or (name,) for name in names}
+    short = {}
+    for name, own in parts.items():
+        others = [p for n, p in parts.items() if n != name]
+        k = next((k for k in range(1, len(own)) if all(other[-k:] != own[-k:] for other in others)), len(own))
+        short[name] = str(Path(*own[-k:]))
+    return short
+
+
 def print_summary(out: dict[str, Any]) -> None:
-    """One row per policy: gold, KL, length, distinct-2, win-rate vs the reference, Elo, ECE."""
+    """One row per policy: gold, KL, length, distinct-2, win-rate vs the reference, Elo, ECE; fits 80 columns
+    (rows named by their short names, intervals on a second line of their cell)."""
     standings = {s["name"]: s for s in out.get("leaderboard", {}).get("standings", [])}
-    names = list(out["policies"])
-    common = os.path.commonpath(names) if len(names) > 1 and all(n.startswith("/") for n in names) else ""
-    common = common if len(common) > 1 else ""
+    short = short_names(list(out["policies"]))
     table = Table(
-        title=f"{out['prompts']} prompts; reference {out['reference']}; labeler {out['labeler']}",
-        caption=f"policies under {common}/" if common else None,
+        title=f"{out['prompts']} prompts; reference {short[out['reference']]}; labeler {out['labeler']}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for column in ("policy", "gold", "KL/token", "length", "distinct-2", "win-rate vs ref", "Elo (CI)", "ECE"):
-        table.add_column(column, justify="right")
+    table.add_column("policy", overflow="fold", min_width=6)
+    for column in ("gold", "KL/tok", "len", "dist-2", "win-rate", "Elo", "ECE"):
+        table.add_column(column, justify="right", no_wrap=True)
     for name, result in out["policies"].items():
         m = result["metrics"]
         wr = result.get("win_rate")
         s = standings.get(name)
         table.add_row(
-            name.removeprefix(common + "/") if common else name,
+            short[name],
             f"{m['eval/gold']:.3f}" if "eval/gold" in m else "-",
             f"{m['eval/kl']:.3f}",
             f"{m['eval/length']:.1f}",
             f"{m['eval/distinct2']:.2f}",
-            f"{wr['win_rate']:.2f} [{wr['lower']:.2f}, {wr['upper']:.2f}]" if wr else "-",
-            f"{s['elo']:.0f} [{s['elo_lower']:.0f}, {s['elo_upper']:.0f}]" if s else "-",
+            f"{wr['win_rate']:.2f}\n[{wr['lower']:.2f}, {wr['upper']:.2f}]" if wr else "-",
+            f"{s['elo']:.0f}\n[{s['elo_lower']:.0f}, {s['elo_upper']:.0f}]" if s else "-",
             f"{result['calibration']['ece']:.3f}" if "calibration" in result else "-",
         )
     console.print(table)
+    console.print("policies: " + ", ".join(f"{short[name]} = {name}" for name in out["policies"]))
