@@ -1,4 +1,5 @@
-"""Models that travel to and from transformers, TRL and peft: reward models both ways, LoRA adapters, limits."""
+"""Models and data that travel to and from transformers, TRL and peft: reward models both ways, LoRA adapters,
+tokenizer limits, and ties and margins in exported preferences."""
 
 import json
 from pathlib import Path
@@ -8,13 +9,19 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
+from rlhfkit.cli import _import_commands
+from rlhfkit.cli import app as cli_app
 from rlhfkit.config import ConfigError
+from rlhfkit.data.readers import Row
+from rlhfkit.data.records import load_records
+from rlhfkit.feedback.store import Store
 from rlhfkit.models.loading import ADAPTER_DIR, load_model, load_tokenizer, resolve_model_path, save_model
 from rlhfkit.ppo.model import build_actor_critic
 from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward import RewardEnsemble, RewardModel, load_reward_model
 from rlhfkit.reward.model import CONFIG_FILE, HFRewardModel
+from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
 
 PROMPTS = ["Emma was", "It is a truth universally", "She"]
 REPLIES = [" very happy.", " acknowledged, that a single man", " smiled"]
@@ -143,14 +150,15 @@ def test_a_trl_reward_model_is_a_ppo_reward_and_its_critic(tmp_path: Path, trl_r
 
 def test_a_directory_that_is_no_reward_model_is_named_as_such(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ConfigError, match="not a reward model directory; a reward model directory holds .*config.json"):
+    with pytest.raises(ConfigError, match=r"not a reward model directory; .* holds .*config\.json"):
         CombinedReward([RewardSource(source=str(tmp_path))], torch.device("cpu"))
-    with pytest.raises(ConfigError, match="no such directory or function.*vader, length"):
+    with pytest.raises(ConfigError, match=r"no such directory or function.*vader, length"):
         CombinedReward([RewardSource(source="runs4/trl_rm")], torch.device("cpu"))
 
 
 def test_lora_runs_save_an_adapter_that_peft_loads(tmp_path: Path, tiny_model_dir: Path):
     from peft import AutoPeftModelForCausalLM, PeftModel
+
     from rlhfkit.models.loading import LoraSettings
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -185,3 +193,50 @@ def test_saved_tokenizers_know_the_context_so_pipelines_truncate(tmp_path: Path,
     assert len(classify.tokenizer(long_text)["input_ids"]) > 128
     [result] = classify(long_text, truncation=True)
     assert result["label"] == "reward" and isinstance(result["score"], float)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_feedback_export_leaves_ties_out_unless_asked_and_gives_trl_margins(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    db = f"sqlite:///{tmp_path}/feedback.db"
+    store = Store(db)
+    ann = store.add_user("ann", "ann-password")
+    store.create_project("p", "pairwise")
+    store.add_items("p", [Row(f"items.jsonl:{i}", {"prompt": f"q{i}", "responses": ["x", "y"]}) for i in range(3)])
+    store.assign("p", ["ann"])
+    ann = store.authenticate("ann", "ann-password")
+    for choice in ("tie", "A:3", "B:1"):
+        store.submit(store.next_item(store.project("p").id, ann).id, ann, {"choice": choice})
+    _import_commands()
+    out = tmp_path / "prefs.jsonl"
+    for policy in ("drop", "separate", "keep"):
+        result = CliRunner().invoke(cli_app, ["export", "p", "--output", str(out), "--db", db, "--ties", policy])
+        assert result.exit_code == 0, result.output
+        rows = jsonl(out)
+        assert sum(bool(row.get("tie")) for row in rows) == (policy == "keep")
+        strict = sorted((row["strength"], row["margin"]) for row in rows if not row.get("tie"))
+        assert strict == [(1, pytest.approx(1 / 3)), (3, 1.0)]  # Llama 2's small margins, TRL's column
+        assert len(load_records(out, "preference")) == len(rows)
+    assert [row["tie"] for row in jsonl(tmp_path / "prefs.ties.jsonl")] == [True]  # from --ties separate
+
+
+def test_ai_labels_leave_ties_out_unless_asked(tmp_path: Path):
+    candidates = tmp_path / "samples.jsonl"
+    candidates.write_text(
+        "".join(json.dumps({"prompt": f"Emma {i}", "responses": [" yes", " no"]}) + "\n" for i in range(2))
+    )
+    labels = tmp_path / "labels.jsonl"
+    config = AILabelConfig(
+        candidates=str(candidates), output=str(labels), tie_threshold=0.5,  # every pair is a tie
+        judge={"model": "tiny-austen", "min_choice_mass": 0},
+    )  # fmt: skip
+    label_ai(config)
+    assert labels.read_text() == "" and not (tmp_path / "labels.ties.jsonl").exists()
+    label_ai(config.model_copy(update={"ties": "separate"}))
+    assert labels.read_text() == "" and [r["tie"] for r in jsonl(tmp_path / "labels.ties.jsonl")] == [True, True]
+    label_ai(config.model_copy(update={"ties": "keep"}))
+    assert all(record.tie for record in load_records(labels, "preference")) and len(jsonl(labels)) == 2

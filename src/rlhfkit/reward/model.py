@@ -100,7 +100,10 @@ def combine(heads: torch.Tensor, names: list[str], weights: dict[str, float]) ->
 def fold_heads(
     weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_h s_h·(W_h·x + b_h) + Σ_h t_h as one linear map w·x + c: (W (H, D), b (H,), s (H,), t (H,)) -> (w (D,), c ())."""
+    """Σ_h s_h·(W_h·x + b_h) + Σ_h t_h as one linear map w·x + c.
+
+    (W (H, D), b (H,), s (H,), t (H,)) -> (w (D,), c ()).
+    """
     return scale @ weight, scale @ bias + shift.sum()
 
 
@@ -390,7 +393,9 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -
     """Token ids of a chat prompt with the reply as the assistant turn(s), through the chat template."""
     turns = [_as_dict(m) for m in prompt]
     turns += (
-        [_as_dict(m) for m in response] if not isinstance(response, str) else [{"role": "assistant", "content": response}]
+        [_as_dict(m) for m in response]
+        if not isinstance(response, str)
+        else [{"role": "assistant", "content": response}]
     )
     return tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)["input_ids"]
 
