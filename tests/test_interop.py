@@ -216,6 +216,7 @@ def test_feedback_export_leaves_ties_out_unless_asked_and_gives_trl_margins(tmp_
     for policy in ("drop", "separate", "keep"):
         result = CliRunner().invoke(cli_app, ["export", "p", "--output", str(out), "--db", db, "--ties", policy])
         assert result.exit_code == 0, result.output
+        assert ("1 tied pairs left out" in result.output) == (policy == "drop")
         rows = jsonl(out)
         assert sum(bool(row.get("tie")) for row in rows) == (policy == "keep")
         strict = sorted((row["strength"], row["margin"]) for row in rows if not row.get("tie"))

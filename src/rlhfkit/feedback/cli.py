@@ -79,10 +79,12 @@ def export(
         kind, records = export_records(Store(db), project, consensus, ties="keep")
     except StoreError as exc:
         raise _fail(exc) from None
-    records, tied = apply_tie_policy(records, ties)
-    print(f"{write_records(records, output, hf)}: {len(records)} {kind} records")
+    exported, tied = apply_tie_policy(records, ties)
+    print(f"{write_records(exported, output, hf)}: {len(exported)} {kind} records")
     if ties == "separate":
         print(f"{write_records(tied, ties_path(output), hf)}: {len(tied)} tied pairs")
+    elif len(exported) < len(records):
+        print(f"{len(records) - len(exported)} tied pairs left out (--ties keep|separate)")
 
 
 @feedback_app.command("user", help="Add a user (the password comes from RLHFKIT_PASSWORD or a prompt).")
