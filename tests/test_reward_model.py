@@ -117,6 +117,7 @@ def test_save_and_load_keep_heads_weights_and_normalization(model: RewardModel, 
             "gain": [2.0, 0.5],
             "bias": [-1.0, 3.0],
             "max_length": 512,
+            "hf_offset": pytest.approx(0.0, abs=1e-5),  # the whole score is in the HF export (tests/test_interop.py)
         }
         loaded = rlhfkit.load_reward_model(tmp_path / "rm")
         assert isinstance(loaded, RewardModel) and loaded.head_names == ["helpful", "harmless"]

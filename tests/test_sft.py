@@ -135,6 +135,7 @@ def test_lora_sft_trains_adapters_and_saves_a_merged_model(tmp_path: Path, tiny_
     diff = (merged.transformer.h[0].attn.c_attn.weight - base.transformer.h[0].attn.c_attn.weight).abs().max()
     assert diff > 0  # the adapters' update was merged into the weights
     assert torch.equal(merged.transformer.wte.weight, base.transformer.wte.weight)  # frozen base untouched
+    assert (out / "adapter" / "adapter_config.json").is_file()  # and the adapter alone, for peft
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path):

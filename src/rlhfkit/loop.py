@@ -204,7 +204,8 @@ class Loop:
         if self.config.labeler == "human":
             self.human_labels(round_index, Path(update["candidates"]), out / "labels.jsonl")
         elif self.config.labeler == "ai":
-            label_ai(self.config.ai.model_copy(update=update | {"seed": self.config.ai.seed + round_index}))
+            ties = {"ties": "keep"}  # the labels train only the loop's own reward model, which reads ties
+            label_ai(self.config.ai.model_copy(update=update | ties | {"seed": self.config.ai.seed + round_index}))
         else:
             simulate(
                 self.config.simulated.model_copy(update=update | {"seed": self.config.simulated.seed + round_index})

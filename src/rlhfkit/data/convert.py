@@ -11,11 +11,32 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
 
 T = TypeVar("T")
+# What an exporter does with tied preference rows (`"tie": true`): TRL's trainers have no tie column and
+# would train each as a win for `chosen`, so they are left out unless kept (for rlhfkit's reward training,
+# which reads them as 0.5 targets) or written to a file of their own.
+TiePolicy = Literal["keep", "drop", "separate"]
+
+
+def apply_tie_policy(
+    rows: list[dict[str, Any]], policy: TiePolicy
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows for the export, rows for the ties file): keep: all and none; drop: the strict rows and none;
+    separate: the strict rows and the ties."""
+    if policy == "keep":
+        return rows, []
+    strict = [row for row in rows if not row.get("tie")]
+    return strict, [row for row in rows if row.get("tie")] if policy == "separate" else []
+
+
+def ties_path(output: Path) -> Path:
+    """Where `separate` writes the ties: `labels.jsonl` -> `labels.ties.jsonl` (a directory: `name.ties`)."""
+    return output.with_name(f"{output.stem}.ties{output.suffix}")
 
 
 def ranking_to_pairs(r: RankingRecord, include_ties: bool = False) -> list[PreferenceRecord]:

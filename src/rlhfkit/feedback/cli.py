@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from rlhfkit.cli import app
+from rlhfkit.data.convert import TiePolicy, apply_tie_policy, ties_path
 from rlhfkit.data.readers import DataError, Row, read_rows
 from rlhfkit.data.records import load_records
 from rlhfkit.feedback.export import export_records, write_records
@@ -69,12 +70,21 @@ def export(
     db: DbOpt = DEFAULT_DB,
     consensus: Annotated[bool, typer.Option(help="one record per item, by consensus of its annotators")] = False,
     hf: Annotated[bool, typer.Option("--hf", help="write a `save_to_disk` dataset directory")] = False,
+    ties: Annotated[
+        TiePolicy,
+        typer.Option(help="tied pairs: drop (TRL would train them as wins), keep, or separate (OUTPUT.ties.jsonl)"),
+    ] = "drop",
 ) -> None:
     try:
-        kind, records = export_records(Store(db), project, consensus)
+        kind, records = export_records(Store(db), project, consensus, ties="keep")
     except StoreError as exc:
         raise _fail(exc) from None
-    print(f"{write_records(records, output, hf)}: {len(records)} {kind} records")
+    exported, tied = apply_tie_policy(records, ties)
+    print(f"{write_records(exported, output, hf)}: {len(exported)} {kind} records")
+    if ties == "separate":
+        print(f"{write_records(tied, ties_path(output), hf)}: {len(tied)} tied pairs")
+    elif len(exported) < len(records):
+        print(f"{len(records) - len(exported)} tied pairs left out (--ties keep|separate)")
 
 
 @feedback_app.command("user", help="Add a user (the password comes from RLHFKIT_PASSWORD or a prompt).")

@@ -1,7 +1,9 @@
 """Judgments to training data: one record per raw judgment (with its annotator), or one per item by consensus.
 
 The records are the shapes `rlhfkit reward`, `rlhfkit dpo` and `rlhfkit sft` read (TRL's formats), written
-as JSONL or as a Hugging Face dataset directory (`save_to_disk`), which the same readers accept.
+as JSONL or as a Hugging Face dataset directory (`save_to_disk`), which the same readers accept. Pairwise
+rows carry the strength (1-3) and TRL's `margin` (`strength_margin`); tied pairs are left out unless asked
+for (`TiePolicy`: TRL has no tie column and would train a tie as a win).
 """
 
 from __future__ import annotations
@@ -11,15 +13,24 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rlhfkit.data.convert import apply_tie_policy
 from rlhfkit.feedback.store import Store, StoreError
 from rlhfkit.feedback.tasks import TASKS, Payload
 
 
-def export_records(store: Store, project: str, consensus: bool = False) -> tuple[str, list[Payload]]:
+def export_records(
+    store: Store, project: str, consensus: bool = False, ties: Literal["keep", "drop"] = "drop"
+) -> tuple[str, list[Payload]]:
     """(record format, records) for a project: each judgment's records with `annotator`, `item_id` and
-    `duration_ms` columns, or with `consensus` each item's consensus judgment and its `annotators` count."""
+    `duration_ms` columns, or with `consensus` each item's consensus judgment and its `annotators` count;
+    tied pairs only with `ties="keep"`."""
+    kind, records = _all_records(store, project, consensus)
+    return kind, apply_tie_policy(records, ties)[0]
+
+
+def _all_records(store: Store, project: str, consensus: bool) -> tuple[str, list[Payload]]:
     target = store.project(project)
     task = TASKS[target.task]
     rows = store.judgments(project)

@@ -92,8 +92,15 @@ def text_from_form(name: str) -> Callable[[Form, Sequence[int]], Payload]:
 # --- the training records a judgment becomes (TRL's formats, plus provenance columns) -------------------
 
 
+def strength_margin(strength: int) -> float:
+    """TRL's `margin` for a strength: strength / 3, Llama 2's small margins (Touvron et al. 2023,
+    arXiv:2307.09288, table 27): "slightly better" 1/3, "better" 2/3, "much better" 1."""
+    return strength / max(STRENGTHS)
+
+
 def pairwise_records(item: Any, payload: Payload) -> list[Payload]:
-    """A preference row (ties kept as `tie`); 'both bad' and 'can't tell' say nothing about the order."""
+    """A preference row with its strength and TRL's `margin` (ties kept as `tie`; the export leaves them out
+    unless asked); 'both bad' and 'can't tell' say nothing about the order."""
     if payload["outcome"] == "tie":
         return [{"prompt": item.prompt, "chosen": item.responses[0], "rejected": item.responses[1], "tie": True}]
     if payload["outcome"] != "preferred":
@@ -105,6 +112,7 @@ def pairwise_records(item: Any, payload: Payload) -> list[Payload]:
             "chosen": item.responses[best],
             "rejected": item.responses[1 - best],
             "strength": payload["strength"],
+            "margin": strength_margin(payload["strength"]),
         }
     ]
 

@@ -113,15 +113,37 @@ def load_model(
     return model
 
 
+ADAPTER_DIR = "adapter"
+
+
+def context_length(config: PretrainedConfig) -> int | None:
+    """The longest sequence the model's position embeddings cover (None when the config does not say)."""
+    text = config.get_text_config()
+    return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, output_dir: Path) -> None:
+    """save_pretrained, with `model_max_length` capped at the model's context, so that pipelines truncate
+    to it instead of indexing past the position embeddings (a trained BPE tokenizer says ~1e30)."""
+    context = context_length(config)
+    if context is not None and tokenizer.model_max_length > context:
+        tokenizer.model_max_length = context
+    tokenizer.save_pretrained(output_dir)
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
-    """save_pretrained for model and tokenizer; LoRA adapters are merged so any loader can read the result."""
+    """save_pretrained for model and tokenizer. LoRA adapters are also saved alone in `adapter/` (peft's
+    files, for PeftModel / AutoPeftModelForCausalLM over the base model) and then merged, so any loader can
+    read the main directory."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
     output_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(output_dir / ADAPTER_DIR)
+        save_tokenizer(tokenizer, model.config, output_dir / ADAPTER_DIR)  # AutoPeftModel resizes embeddings to it
+        model = model.merge_and_unload()
     model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    save_tokenizer(tokenizer, model.config, output_dir)
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -6,7 +6,8 @@ Three critics (`critic` in the config):
 - `policy`: a separate transformer initialised from the policy's starting weights, with a new value head;
 - `reward`: a separate transformer initialised from a reward model's backbone, its value head from the
   reward head (gains, biases and head weights folded in), so the first values are the reward model's
-  scores at each prefix (as OpenRLHF and TRL initialise their critics).
+  scores at each prefix (as OpenRLHF and TRL initialise their critics). The reward model is an rlhfkit
+  causal_lm one or any sequence classifier with a `score` layer (GPT-2, Llama, ...; TRL's RewardTrainer).
 
 Sequences are right-padded prompt + response rows (prompts unpadded at the start), so positions count
 from 0 on every row and only response positions go through the LM and value heads.
@@ -27,7 +28,7 @@ from rlhfkit.models.loading import fused_config, resolve_model_path
 from rlhfkit.ops import token_logprobs
 from rlhfkit.ppo.losses import entropy
 from rlhfkit.reward.ensemble import load_reward_model
-from rlhfkit.reward.model import RewardModel
+from rlhfkit.reward.model import RewardModel, fold_heads
 from rlhfkit.training.lm_trainer import lm_parts
 
 CriticKind = Literal["shared", "policy", "reward"]
@@ -100,11 +101,23 @@ def build_actor_critic(
     if reward_path is None:
         raise ConfigError("critic=reward needs a reward model among `rewards`")
     reward_model = load_reward_model(reward_path)
-    if not isinstance(reward_model, RewardModel) or reward_model.head is None:
-        raise ConfigError(f"critic=reward: {reward_path} must be one causal_lm reward model (not an ensemble)")
+    if not isinstance(reward_model, RewardModel) or reward_parts(reward_model) is None:
+        raise ConfigError(
+            f"critic=reward: {reward_path} must be one reward model read at the last token: rlhfkit causal_lm, "
+            "or a ...ForSequenceClassification with a `score` layer (not an ensemble or an encoder)"
+        )
     if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"critic=reward: {reward_path} does not share the policy's tokenizer; use critic=policy")
-    return ActorCritic(policy, reward_model.backbone, folded_reward_head(reward_model), temperature)
+    return ActorCritic(policy, reward_parts(reward_model)[0], folded_reward_head(reward_model), temperature)
+
+
+def reward_parts(model: RewardModel) -> tuple[nn.Module, nn.Linear] | None:
+    """(transformer, linear head with one output per reward head) of a reward model read at the last token:
+    rlhfkit's causal_lm backbone and head, or a sequence classifier's base model and `score` layer."""
+    if model.head is not None:
+        return model.backbone, model.head
+    score = getattr(model.backbone, "score", None)
+    return (model.backbone.base_model, score) if isinstance(score, nn.Linear) else None
 
 
 def zero_head(hidden_size: int) -> nn.Linear:
@@ -117,10 +130,12 @@ def zero_head(hidden_size: int) -> nn.Linear:
 
 def folded_reward_head(model: RewardModel) -> nn.Linear:
     """One linear layer computing Σ_h w_h·(gain_h·(W_h·x + b_h) + bias_h): the reward model's score."""
+    _, linear = reward_parts(model)
     weights = torch.tensor([model.weights.get(name, 0.0) for name in model.head_names])
-    scale = weights * model.gain  # (H,)
-    head = nn.Linear(model.head.in_features, 1)
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)  # `score` layers have none
+    w, c = fold_heads(linear.weight, bias, weights * model.gain, weights * model.bias)
+    head = nn.Linear(linear.in_features, 1)
     with torch.no_grad():
-        head.weight.copy_(scale @ model.head.weight)
-        head.bias.copy_((scale * model.head.bias).sum() + (weights * model.bias).sum())
+        head.weight.copy_(w[None])
+        head.bias.copy_(c)
     return head

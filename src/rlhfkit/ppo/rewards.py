@@ -1,8 +1,9 @@
 """The sequence score PPO maximises: a weighted sum of reward models and rule-based reward functions.
 
 Each source is a saved reward model or ensemble (`rlhfkit reward` output; its heads are already
-normalised to mean 0, std 1 on its training sample, and `heads` reweights them, e.g. helpful 1, harmless 2)
-or a function (prompt, response) -> float: `vader`, `length` or `python:module:function`.
+normalised to mean 0, std 1 on its training sample, and `heads` reweights them, e.g. helpful 1, harmless 2),
+any AutoModelForSequenceClassification directory (TRL's RewardTrainer output; EOS appended as TRL trains,
+`append_eos`), or a function (prompt, response) -> float: `vader`, `length` or `python:module:function`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from rlhfkit.config import Config
+from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import Text
-from rlhfkit.labeling.simulated import gold_function
-from rlhfkit.reward.ensemble import ENSEMBLE_FILE, load_reward_model
-from rlhfkit.reward.model import CONFIG_FILE
+from rlhfkit.labeling.simulated import GOLD, gold_function
+from rlhfkit.reward.ensemble import REWARD_MODEL_FILES, is_reward_model, load_reward_model
 
 Scorer = Callable[[list[Text], list[Text]], torch.Tensor]
 
@@ -25,14 +25,17 @@ Scorer = Callable[[list[Text], list[Text]], torch.Tensor]
 class RewardSource(Config):
     """One term of the reward."""
 
-    source: str = Field(description="reward-model directory, or a function: vader, length, python:module:function")
+    source: str = Field(
+        description="reward-model directory (rlhfkit, or any AutoModelForSequenceClassification), "
+        "or a function: vader, length, python:module:function"
+    )
     weight: float = Field(1.0, description="weight of this term in the sum")
     heads: dict[str, float] | None = Field(None, description="reward-model head weights (default: the saved ones)")
-
-
-def is_reward_model(source: str) -> bool:
-    path = Path(source)
-    return (path / CONFIG_FILE).exists() or (path / ENSEMBLE_FILE).exists()
+    append_eos: bool = Field(
+        True,
+        description="sequence-classification dirs: append EOS to prompt + response, as TRL's RewardTrainer "
+        "trains (rlhfkit reward models always read their EOS)",
+    )
 
 
 def source_name(source: str) -> str:
@@ -43,8 +46,14 @@ def source_name(source: str) -> str:
 def load_scorer(source: RewardSource, device: torch.device) -> Scorer:
     """(prompts, responses) -> (N,) float tensor for one source."""
     if is_reward_model(source.source):
-        model = load_reward_model(source.source).to(device)
+        model = load_reward_model(source.source, source.append_eos).to(device)
         return lambda prompts, responses: model.score(prompts, responses, source.heads).reward
+    if Path(source.source).exists() or (source.source not in GOLD and not source.source.startswith("python:")):
+        found = "not a reward model directory" if Path(source.source).exists() else "no such directory or function"
+        raise ConfigError(
+            f"reward {source.source!r}: {found}; a reward model directory holds {REWARD_MODEL_FILES}, "
+            f"and the functions are {', '.join(GOLD)}, python:module:function"
+        )
     if source.heads is not None:
         raise ValueError(f"reward {source.source!r}: `heads` applies only to reward models")
     function = gold_function(source.source)

@@ -4,6 +4,8 @@ Christiano et al. 2017 (arXiv:1706.03741, section 2.2.3) fit "an ensemble of pre
 on |D| triples sampled from D with replacement", normalise each member independently and average them;
 the spread of the members is their uncertainty, used to choose which comparisons to ask a human about
 (section 2.2.4). An ensemble directory holds `ensemble.json` and one reward-model directory per member.
+Each `member-N/` loads in `AutoModelForSequenceClassification` on its own (see `reward/model.py`); the
+ensemble's reward, the mean of its members', has no single-checkpoint form.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from rlhfkit.data.records import Text
-from rlhfkit.reward.model import RewardModel, RewardScores, combine
+from rlhfkit.reward.model import CONFIG_FILE, HFRewardModel, RewardModel, RewardScores, combine, is_sequence_classifier
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -84,7 +86,32 @@ def write_index(path: Path, members: int) -> Path:
     return path
 
 
-def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
-    """The reward model or ensemble saved in `path` (by `rlhfkit reward`); `.score(prompts, responses)`."""
+REWARD_MODEL_FILES = (
+    f"{ENSEMBLE_FILE} (an rlhfkit ensemble), {CONFIG_FILE} (an rlhfkit reward model) or a config.json naming a "
+    "...ForSequenceClassification architecture (transformers, TRL's RewardTrainer)"
+)
+
+
+def is_reward_model(path: str | Path) -> bool:
+    """Whether `load_reward_model` reads this path: an ensemble, an rlhfkit reward model, or any
+    AutoModelForSequenceClassification directory."""
     path = Path(path)
-    return RewardEnsemble.load(path) if (path / ENSEMBLE_FILE).exists() else RewardModel.load(path)
+    return (path / ENSEMBLE_FILE).is_file() or (path / CONFIG_FILE).is_file() or is_sequence_classifier(path)
+
+
+def load_reward_model(path: str | Path, append_eos: bool = True) -> RewardModel | RewardEnsemble:
+    """The reward model or ensemble saved in `path` (by `rlhfkit reward`), or any
+    AutoModelForSequenceClassification directory (e.g. TRL's RewardTrainer output), read as an `HFRewardModel`
+    with EOS appended to each text when `append_eos` (as TRL's RewardTrainer trains);
+    `.score(prompts, responses)`."""
+    path = Path(path)
+    if not is_reward_model(path):
+        raise FileNotFoundError(f"{path}: not a reward model directory: looked for {REWARD_MODEL_FILES}")
+    if (path / ENSEMBLE_FILE).is_file() or (path / CONFIG_FILE).is_file():
+        if not append_eos:
+            raise ValueError(
+                f"{path}: append_eos=false applies only to plain sequence-classification directories; "
+                "rlhfkit reward models read the EOS they were trained with"
+            )
+        return RewardEnsemble.load(path) if (path / ENSEMBLE_FILE).is_file() else RewardModel.load(path)
+    return HFRewardModel.load(path, append_eos)

@@ -14,10 +14,22 @@ arXiv:1909.08593, section 2.2).
 A saved model is a directory: the backbone's and tokenizer's `save_pretrained` files, the head weights
 (`reward_head.safetensors`, causal_lm only) and `reward_model.json` (backbone kind, head names, default
 weights, gain, bias, max_length). It is what `rlhfkit.load_reward_model` and the PPO stage read.
+
+A causal_lm model is saved as the backbone's `...ForSequenceClassification` checkpoint with one label, so
+`AutoModelForSequenceClassification.from_pretrained(DIR)` (TRL, pipelines) reads the same reward that
+`score()` gives: its bias-free `score` row is Σ_h w_h·gain_h·W_h with the saved weights, and the constant
+Σ_h w_h·(gain_h·b_h + bias_h) is moved into the final norm's bias (heads compensated, so nothing changes
+for rlhfkit). A backbone whose final norm has no bias (Llama's RMSNorm) cannot hold it: HF then reads the
+score minus `hf_offset` (in `reward_model.json`). Either way HF pools at the last non-pad token, so the
+input is prompt + reply + EOS, as rlhfkit and TRL's RewardTrainer read it.
+
+`HFRewardModel` reads the other way: any AutoModelForSequenceClassification directory (TRL's
+RewardTrainer output) scores prompt + reply as TRL trained it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -27,15 +39,30 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhfkit.data.records import Message, Text
-from rlhfkit.models.loading import LoraSettings, fused_config, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import (
+    LoraSettings,
+    context_length,
+    fused_config,
+    load_tokenizer,
+    resolve_model_path,
+    save_tokenizer,
+)
 from rlhfkit.ops import last_index
 
 Backbone = Literal["causal_lm", "sequence_classification"]
 CONFIG_FILE = "reward_model.json"
 HEAD_FILE = "reward_head.safetensors"
+# Where transformers models keep the norm that ends the backbone: GPT-2; Llama, Qwen; GPT-NeoX, OPT; Phi.
+FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm")
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,16 @@ def combine(heads: torch.Tensor, names: list[str], weights: dict[str, float]) ->
         raise ValueError(f"no reward head named {', '.join(unknown)}; the heads are {', '.join(names)}")
     w = torch.tensor([float(weights.get(name, 0.0)) for name in names], dtype=heads.dtype)
     return heads @ w
+
+
+def fold_heads(
+    weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_h s_h·(W_h·x + b_h) + Σ_h t_h as one linear map w·x + c.
+
+    (W (H, D), b (H,), s (H,), t (H,)) -> (w (D,), c ()).
+    """
+    return scale @ weight, scale @ bias + shift.sum()
 
 
 class RewardModel(nn.Module):
@@ -166,14 +203,7 @@ class RewardModel(nn.Module):
         """
         tok = self.tokenizer
         if not isinstance(prompt, str):
-            turns = [_as_dict(m) for m in prompt]
-            turns += (
-                [_as_dict(m) for m in response]
-                if not isinstance(response, str)
-                else [{"role": "assistant", "content": response}]
-            )
-            text = tok.apply_chat_template(turns, tokenize=False)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            ids = chat_ids(tok, prompt, response)
         elif self.kind == "causal_lm":
             ids = (
                 tok(prompt)["input_ids"] + tok(response + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
@@ -230,10 +260,13 @@ class RewardModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         if isinstance(self.backbone, PeftModel):
             self.backbone = self.backbone.merge_and_unload()
-        self.backbone.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        exported, offset = self.backbone, 0.0
         if self.head is not None:
+            offset = self.move_constant_into_final_norm()
+            exported = self.sequence_classifier()
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_FILE)
+        exported.save_pretrained(path)
+        save_tokenizer(self.tokenizer, self.backbone.config, path)
         about = {
             "backbone": self.kind,
             "heads": self.head_names,
@@ -242,6 +275,8 @@ class RewardModel(nn.Module):
             "bias": self.bias.tolist(),
             "max_length": self.max_length,
         }
+        if exported is not self.backbone:
+            about["hf_offset"] = offset  # score() = AutoModelForSequenceClassification's logit + this
         (path / CONFIG_FILE).write_text(json.dumps(about, indent=2) + "\n")
         return path
 
@@ -254,7 +289,7 @@ class RewardModel(nn.Module):
         about = json.loads((path / CONFIG_FILE).read_text())
         tokenizer = AutoTokenizer.from_pretrained(path)
         if about["backbone"] == "causal_lm":
-            backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+            backbone = load_causal_backbone(path)
         else:
             backbone = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         model = cls(backbone, tokenizer, about["heads"], about["backbone"], about["max_length"], about["weights"])
@@ -263,6 +298,122 @@ class RewardModel(nn.Module):
         model.gain.copy_(torch.tensor(about["gain"]))
         model.bias.copy_(torch.tensor(about["bias"]))
         return model.eval()
+
+    def combined_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, c) with score = w·h + c for the backbone's last hidden state h, under the saved weights (causal_lm)."""
+        weights = torch.tensor([float(self.weights.get(n, 0.0)) for n in self.head_names], device=self.device)
+        return fold_heads(self.head.weight, self.head.bias, weights * self.gain, weights * self.bias)
+
+    @torch.no_grad()
+    def move_constant_into_final_norm(self) -> float:
+        """Shift the final norm's bias by δ = c·w/|w|² (so w·h gains c) and every head's bias by -W_h·δ (so no
+        head's raw reward moves): afterwards score = w·h exactly, what a bias-free `score` layer computes.
+        Returns the constant left out of w·h: 0, or c where no final-norm bias holds it."""
+        w, c = self.combined_head()
+        norm = final_norm(self.backbone)
+        if norm is None or float(w @ w) == 0.0:
+            return float(c)
+        delta = c * w / (w @ w)
+        was_training, saved = self.backbone.training, norm.bias.clone()
+        self.backbone.eval()  # no dropout: the probe compares two forward passes
+        probe = torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
+        before = self.backbone(input_ids=probe).last_hidden_state
+        norm.bias.add_(delta)
+        moved = self.backbone(input_ids=probe).last_hidden_state - before
+        self.backbone.train(was_training)
+        if not torch.allclose(moved, delta.expand_as(moved), atol=1e-5, rtol=1e-4):
+            norm.bias.copy_(saved)  # the norm is not the backbone's last operation: leave it alone
+            return float(c)
+        self.head.bias.sub_(self.head.weight @ delta)
+        return float(self.combined_head()[1])
+
+    def sequence_classifier(self) -> PreTrainedModel | nn.Module:
+        """The backbone inside its architecture's ...ForSequenceClassification, `score` = the combined head
+        (shares the backbone's weights; for `save_pretrained`), or the backbone alone where that class reads
+        no `score` layer."""
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels = 1
+        config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+        try:
+            with torch.device("meta"):  # its own random backbone is never built
+                classifier = AutoModelForSequenceClassification.from_config(config)
+        except ValueError:  # no ...ForSequenceClassification for this model type
+            return self.backbone
+        if not isinstance(getattr(classifier, "score", None), nn.Linear):
+            return self.backbone
+        setattr(classifier, classifier.base_model_prefix, self.backbone)
+        classifier.score = nn.Linear(self.head.in_features, 1, bias=False, device=self.device)
+        with torch.no_grad():
+            classifier.score.weight.copy_(self.combined_head()[0][None])
+        return classifier
+
+
+class HFRewardModel(RewardModel):
+    """Any AutoModelForSequenceClassification directory without `reward_model.json` (TRL's RewardTrainer
+    output, a hub reward model), read as TRL's RewardTrainer trains: the text prompt + reply, EOS appended
+    unless it ends so already (`append_eos`), tokenised whole; chat through the chat template, which ends
+    its turns itself. One head per label ("reward" for one), gain 1, bias 0; the class pools as it was built
+    to. Too long a text keeps its end where the class reads the last token (`score` layers), else its start."""
+
+    def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, append_eos: bool = True) -> None:
+        config = backbone.config
+        heads = ["reward"] if config.num_labels == 1 else [config.id2label[i] for i in range(config.num_labels)]
+        super().__init__(backbone, tokenizer, heads, "sequence_classification", context_length(config) or 512)
+        self.append_eos = append_eos
+        self.keeps_end = isinstance(getattr(backbone, "score", None), nn.Linear)
+
+    def encode(self, prompt: Text, response: Text) -> list[int]:
+        if isinstance(prompt, str) and isinstance(response, str):
+            text, eos = prompt + response, self.tokenizer.eos_token
+            ids = self.tokenizer(text + eos if self.append_eos and eos and not text.endswith(eos) else text)
+            ids = ids["input_ids"]
+        else:
+            ids = chat_ids(self.tokenizer, prompt, response)
+        return ids[-self.max_length :] if self.keeps_end else ids[: self.max_length]
+
+    @classmethod
+    def load(cls, path: str | Path, append_eos: bool = True) -> HFRewardModel:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        backbone = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token  # what TRL's RewardTrainer pads with then
+        if backbone.config.pad_token_id is None:
+            backbone.config.pad_token_id = tokenizer.pad_token_id  # the class pools at the last non-pad token
+        return cls(backbone, tokenizer, append_eos).eval()
+
+
+def is_sequence_classifier(path: Path) -> bool:
+    """A transformers directory whose config names a ...ForSequenceClassification architecture."""
+    config = path / "config.json"
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> list[int]:
+    """Token ids of a chat prompt with the reply as the assistant turn(s), through the chat template."""
+    turns = [_as_dict(m) for m in prompt]
+    turns += (
+        [_as_dict(m) for m in response]
+        if not isinstance(response, str)
+        else [{"role": "assistant", "content": response}]
+    )
+    return tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)["input_ids"]
+
+
+def final_norm(backbone: nn.Module) -> nn.Module | None:
+    """The backbone's closing norm, if it has a bias (see FINAL_NORMS)."""
+    for name in FINAL_NORMS:
+        module = getattr(backbone, name, None)
+        if isinstance(getattr(module, "bias", None), nn.Parameter):
+            return module
+    return None
+
+
+def load_causal_backbone(path: Path) -> nn.Module:
+    """The transformer of a saved causal_lm reward model (directories saved before the HF export hold it alone)."""
+    if is_sequence_classifier(path):
+        return AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).base_model
+    return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 def _as_dict(message: Message | dict) -> dict:

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from rlhfkit import assets
 from rlhfkit.config import Config
+from rlhfkit.data.convert import TiePolicy, apply_tie_policy, ties_path
 from rlhfkit.data.records import CandidatesRecord, Text, load_records
 from rlhfkit.labeling.simulated import competition_ranks
 from rlhfkit.rlaif.constitution import Order, Principle, load_constitution, principle_schedule
@@ -127,6 +128,11 @@ class AILabelConfig(Config):
         True, description="ask in every order (pairs both ways, K rotations) and average: no position bias"
     )
     tie_threshold: float = Field(0.0, ge=0, le=0.5, description="pairwise: |P(A ≻ B) - 0.5| <= this is a tie")
+    ties: TiePolicy = Field(
+        "drop",
+        description="tied pairs: drop (TRL would train them as wins), keep (rlhfkit reward reads them as 0.5), "
+        "or separate (to OUTPUT's name + .ties.jsonl)",
+    )
     drop_same_position: bool = Field(
         False, description="leave out judgements that preferred the same position in every order (to the unparsed file)"
     )
@@ -259,8 +265,15 @@ def label_ai(config: AILabelConfig) -> Path:
     unparsed_path = Path(config.unparsed) if config.unparsed else output.with_name(output.stem + ".unparsed.jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
     unparsed_path.parent.mkdir(parents=True, exist_ok=True)
+    strict, tied = apply_tie_policy(labels, config.ties)
+    if len(strict) < len(labels):
+        where = f"written to {ties_path(output)}" if config.ties == "separate" else "left out (ties=keep|separate)"
+        console.print(f"{len(labels) - len(strict)} tied pairs {where}: TRL's trainers would read them as wins")
+    labels = strict
     output.write_text("".join(json.dumps(row) + "\n" for row in labels))
     unparsed_path.write_text("".join(json.dumps(row) + "\n" for row in unparsed))
+    if config.ties == "separate":
+        ties_path(output).write_text("".join(json.dumps(row) + "\n" for row in tied))
     report(items, answers, labels, unparsed_path, len(unparsed))
     return output
 
