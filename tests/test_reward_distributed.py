@@ -1,4 +1,4 @@
-"""`accelerate launch --num_processes 2 --cpu rlhfkit reward` matches one process with the same global batch."""
+"""`torchrun --nproc_per_node 2 -m rlhfkit reward` (DDP on gloo, CPU) matches one process with the same global batch."""
 
 import json
 import random
@@ -49,4 +49,5 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["rm/loss"] for m in single]
     assert [m["rm/loss"] for m in log] == pytest.approx(losses, rel=1e-4)  # the global batch's mean, gathered
+    assert [m["train/lr"] for m in log] == pytest.approx([m["train/lr"] for m in single], rel=1e-6)  # once a step
     assert losses[0] != pytest.approx(losses[-1], rel=1e-3)  # and training moved the weights
