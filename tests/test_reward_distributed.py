@@ -44,7 +44,10 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     two = RewardModel.load(run_reward(tmp_path, tiny_model_dir, data, "two", 2))
     torch.testing.assert_close(one.head.weight, two.head.weight, atol=1e-5, rtol=1e-4)
     for (name, p), q in zip(one.backbone.named_parameters(), two.backbone.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+        # ln_f.bias adds the same to every reply's reward, so a ranking loss's gradient for it is rounding noise,
+        # which Adam scales up to steps of either sign: it differs between any two summation orders
+        if name != "ln_f.bias":
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
     log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["rm/loss"] for m in single]
