@@ -1,4 +1,4 @@
-"""Run an `rlhfkit` stage in a subprocess, alone or under `accelerate launch` (DDP on gloo, CPU), and compare runs."""
+"""Run an `rlhfkit` stage in a subprocess, alone or under torchrun (DDP on gloo, CPU), and compare runs."""
 
 import json
 import os
@@ -12,23 +12,35 @@ from transformers import AutoModelForCausalLM
 
 
 def run_stage(stage: str, settings: dict[str, object], processes: int) -> Path:
-    """`rlhfkit STAGE --set key=value ...`; returns the stage's output_dir. Fails with the child's stderr."""
-    accelerate = [
-        *("-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-    ]
-    launcher = [sys.executable, *(accelerate if processes > 1 else []), "-m", "rlhfkit", stage]
-    command = [*launcher, *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    """`rlhfkit STAGE --set key=value ...` in one process, or in `processes` under torchrun as the README says;
+    returns the stage's output_dir. Fails with the child's stderr, or if the processes did not form one group."""
+    output_dir = Path(str(settings["output_dir"]))
+    ranks = output_dir.with_name(output_dir.name + "-ranks")
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    worker = [*torchrun, str(Path(__file__).with_name("ddp_worker.py"))] if processes > 1 else ["-m", "rlhfkit"]
+    command = [sys.executable, *worker, stage, *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RLHFKIT_TEST_RANKS": str(ranks)}
+    ranks.mkdir(parents=True)
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return Path(str(settings["output_dir"]))
+    if processes > 1:
+        assert_one_group(ranks, processes)
+    return output_dir
 
 
-def assert_same_runs(one: Path, two: Path, start: Path, keys: tuple[str, ...]) -> None:
-    """Two runs of a stage logged the same `keys` (where present) at the same steps, and saved the same weights,
-    which differ from the `start` model's."""
+def assert_one_group(ranks: Path, processes: int) -> None:
+    """Each worker recorded that accelerate joined `processes` processes in one group, and their indices differ."""
+    records = [json.loads(path.read_text()) for path in sorted(ranks.glob("rank-*.json"))]
+    assert sorted(r["index"] for r in records) == list(range(processes)), records
+    assert all(r["processes"] == processes and r["type"] != "NO" for r in records), records
+
+
+def assert_same_runs(one: Path, two: Path, start: Path, keys: tuple[str, ...], atol: float = 1e-5) -> None:
+    """Two runs of a stage logged the same `keys` (where present) at the same steps, and saved the same weights
+    (to `atol`), which differ from the `start` model's."""
     logs = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (one, two)]
+    for key in keys:  # every key is checked somewhere
+        assert any(key in a for a in logs[0]), key
     for a, b in zip(*logs, strict=True):  # whole-step metrics, gathered over processes
         assert a["step"] == b["step"]
         for key in keys:
@@ -38,4 +50,4 @@ def assert_same_runs(one: Path, two: Path, start: Path, keys: tuple[str, ...]) -
     key = "transformer.h.0.attn.c_attn.weight"
     assert not torch.allclose(p1[key], p0[key])  # training moved the weights
     for name in p1:
-        assert torch.allclose(p1[name], p2[name], atol=1e-5), name
+        assert torch.allclose(p1[name], p2[name], atol=atol), name

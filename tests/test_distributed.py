@@ -1,13 +1,16 @@
-"""`accelerate launch --num_processes 2 --cpu` (DDP on gloo) matches one process with the same global batch."""
+"""`torchrun --nproc_per_node 2 -m rlhfkit sft` (DDP on gloo, CPU) matches one process with the same global batch."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
-from launch import run_stage
-from transformers import AutoModelForCausalLM
+from launch import assert_same_runs, run_stage
 
 from rlhfkit import assets
+from rlhfkit.config import ConfigError
+from rlhfkit.training.runtime import check_launch
 
 
 def run_sft(tmp_path: Path, model_dir: Path, name: str, processes: int) -> Path:
@@ -22,16 +25,37 @@ def run_sft(tmp_path: Path, model_dir: Path, name: str, processes: int) -> Path:
         "eval_every": 0,
         "eval_fraction": 0.05,
         "num_threads": 1,
+        "log_every": 1,
     }
     return run_stage("sft", settings, processes)
 
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path):
-    one = AutoModelForCausalLM.from_pretrained(run_sft(tmp_path, tiny_model_dir, "one", 1)).state_dict()
-    two = AutoModelForCausalLM.from_pretrained(run_sft(tmp_path, tiny_model_dir, "two", 2)).state_dict()
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    key = "transformer.h.0.attn.c_attn.weight"
-    assert not torch.allclose(one[key], start[key])  # training moved the weights
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    one = run_sft(tmp_path, tiny_model_dir, "one", 1)
+    two = run_sft(tmp_path, tiny_model_dir, "two", 2)
+    # the cosine schedule too: stepped once per optimizer step, not once per process
+    assert_same_runs(one, two, tiny_model_dir, ("train/loss", "train/lr", "train/grad_norm", "eval/loss"))
+
+
+def test_processes_that_did_not_join_one_group_are_refused():
+    check_launch(2, 2)
+    with pytest.raises(ConfigError, match=r"started 2 processes but accelerate joined 1.*torchrun"):
+        check_launch(2, 1)  # e.g. a device without a distributed backend: two runs would write one output_dir
+
+
+@pytest.mark.slow
+def test_accelerate_cpu_launch_of_several_processes_fails_before_writing(tmp_path: Path):
+    """`accelerate launch --cpu --num_processes 2` starts a single process: said, instead of training alone."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m", "rlhfkit"]
+    done = subprocess.run(
+        [*command, "sft", "--set", f"output_dir={tmp_path / 'out'}"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "`accelerate launch --cpu --num_processes N` starts one process" in done.stderr
+    assert not (tmp_path / "out").exists()

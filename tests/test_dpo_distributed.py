@@ -1,4 +1,4 @@
-"""`rlhfkit dpo` under `accelerate launch --num_processes 2 --cpu` (DDP on gloo) matches one process."""
+"""`rlhfkit dpo` under `torchrun --nproc_per_node 2` (DDP on gloo, CPU) matches one process."""
 
 import json
 from pathlib import Path
@@ -39,4 +39,4 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     extra = {"rpo_alpha": 0.5}  # RPO's NLL term too: both terms must be normalised over the global batch
     one = run_dpo(tmp_path, tiny_model_dir, data, "one", 1, **extra)
     two = run_dpo(tmp_path, tiny_model_dir, data, "two", 2, **extra)
-    assert_same_runs(one, two, tiny_model_dir, ("dpo/loss", "dpo/accuracy", "eval/dpo/loss"))
+    assert_same_runs(one, two, tiny_model_dir, ("dpo/loss", "dpo/accuracy", "train/lr", "eval/dpo/loss"))

@@ -1,4 +1,4 @@
-"""`rlhfkit ppo` under `accelerate launch --num_processes 2 --cpu` (DDP on gloo) matches one process."""
+"""`rlhfkit ppo` under `torchrun --nproc_per_node 2` (DDP on gloo, CPU) matches one process."""
 
 from pathlib import Path
 
@@ -34,4 +34,8 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     one = run_stage("ppo", {**settings, "output_dir": tmp_path / "one"}, 1)
     two = run_stage("ppo", {**settings, "output_dir": tmp_path / "two"}, 2)
     keys = ("reward/score", "kl/k1", "kl/beta", "ppo/policy_loss", "value/loss", "ptx/loss", "response/distinct2")
-    assert_same_runs(one, two, tiny_model_dir, keys)  # the same responses, statistics and updates
+    keys += ("train/lr",)
+    # The same responses, statistics and updates. Weights to 1e-4 of the 1.3e-2 that training moved them: a value
+    # near the clip range's edge may fall on either side with another summation order, which moves the weights
+    # ~1.7e-5 (as much as one process with micro_batch_size 2 instead of 1 does).
+    assert_same_runs(one, two, tiny_model_dir, keys, atol=1e-4)

@@ -1,4 +1,4 @@
-"""`accelerate launch --num_processes 2 --cpu rlhfkit reward` matches one process with the same global batch."""
+"""`torchrun --nproc_per_node 2 -m rlhfkit reward` (DDP on gloo, CPU) matches one process with the same global batch."""
 
 import json
 import random
@@ -44,9 +44,13 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path, tiny_model_dir: Path
     two = RewardModel.load(run_reward(tmp_path, tiny_model_dir, data, "two", 2))
     torch.testing.assert_close(one.head.weight, two.head.weight, atol=1e-5, rtol=1e-4)
     for (name, p), q in zip(one.backbone.named_parameters(), two.backbone.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+        # ln_f.bias adds the same to every reply's reward, so a ranking loss's gradient for it is rounding noise,
+        # which Adam scales up to steps of either sign: it differs between any two summation orders
+        if name != "ln_f.bias":
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
     log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["rm/loss"] for m in single]
     assert [m["rm/loss"] for m in log] == pytest.approx(losses, rel=1e-4)  # the global batch's mean, gathered
+    assert [m["train/lr"] for m in log] == pytest.approx([m["train/lr"] for m in single], rel=1e-6)  # once a step
     assert losses[0] != pytest.approx(losses[-1], rel=1e-3)  # and training moved the weights

@@ -1,4 +1,4 @@
-"""`python -m rlhfkit` (what `accelerate launch -m rlhfkit` runs)."""
+"""`python -m rlhfkit` (what `torchrun -m rlhfkit` runs in each process)."""
 
 from rlhfkit.cli import main
 
