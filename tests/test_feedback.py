@@ -29,6 +29,7 @@ FORMS = {
     "edit": {"edited": "A better reply."},
     "demonstration": {"completion": "The reply I would want."},
 }
+MP4 = b"\x00\x00\x00\x18ftypisom"  # the start of an MP4 file: the box that names its brand
 RESPONSES = {
     "pairwise": ["first", "second"],
     "rank": ["one", "two", "three"],
@@ -81,10 +82,10 @@ def test_schema_is_alembic_head_and_reopening_keeps_data(database):
     Store(database).add_user("ann", "ann-password")
     store = Store(database)  # migrating again is a no-op
     with store.engine.connect() as connection:
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
         if database.startswith("sqlite"):
             assert connection.execute(text("pragma journal_mode")).scalar() == "wal"
-    assert {"users", "projects", "items", "judgments", "leases", "assignments"} <= set(
+    assert {"users", "projects", "items", "judgments", "leases", "assignments", "sessions", "api_tokens"} <= set(
         inspect(store.engine).get_table_names()
     )
     assert [u.name for u in store.users()] == ["ann"]
@@ -267,8 +268,10 @@ def test_project_stats_gold_accuracy_and_consensus(store):
     users = {u.name: u for u in store.users()}
     picks = {"ann": 0, "bob": 0, "cat": 1}  # stored index each annotator prefers on the gold item
     for name, pick in picks.items():
+        assert store.next_item(item.project_id, users[name]).id == item.id  # judged only once handed out
         slot = "AB"[store.display_order(item, users[name].id).index(pick)]
         store.submit(item.id, users[name], {"choice": f"{slot}:2"})
+    assert store.next_item(item.project_id, users["ann"]).id == other.id
     store.submit(other.id, users["ann"], {"choice": "tie"})
     stats = project_stats(TASKS["pairwise"], 3, 2, store.judgments("p"))
     assert (stats.items, stats.complete_items, stats.judgments) == (2, 1, 4)
@@ -409,7 +412,7 @@ def test_chat_turns_become_pairwise_items(store):
 
 def test_clips_are_served_to_assigned_annotators_only(store, tmp_path):
     clips = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
-    for clip, content in zip(clips, (b"clip a", b"clip b"), strict=True):
+    for clip, content in zip(clips, (MP4 + b"clip a", MP4 + b"clip b"), strict=True):
         clip.write_bytes(content)
     item = {"prompt": "Which hop is better?", "responses": ["left", "right"], "media": [str(c) for c in clips]}
     store.create_project("clips", "pairwise", rows=rows(item))
@@ -420,6 +423,6 @@ def test_clips_are_served_to_assigned_annotators_only(store, tmp_path):
     item_id = store.items("clips")[0].id
     page = annotator.get("/projects/1").text
     assert f'<video src="/media/{item_id}/0"' in page and f'<video src="/media/{item_id}/1"' in page
-    assert annotator.get(f"/media/{item_id}/1").content == b"clip b"
+    assert annotator.get(f"/media/{item_id}/1").content == MP4 + b"clip b"
     assert annotator.get(f"/media/{item_id}/2").status_code == 404
     assert outsider.get(f"/media/{item_id}/0").status_code == 403

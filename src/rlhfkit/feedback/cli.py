@@ -15,7 +15,7 @@ from rlhfkit.data.readers import DataError, Row, read_rows
 from rlhfkit.data.records import load_records
 from rlhfkit.feedback.export import export_records, write_records
 from rlhfkit.feedback.stats import project_stats
-from rlhfkit.feedback.store import DEFAULT_DB, Store, StoreError
+from rlhfkit.feedback.store import CLI_ACTOR, DEFAULT_DB, Store, StoreError
 from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import sample_replies
 from rlhfkit.generation.sampling import SamplingSettings
@@ -26,6 +26,10 @@ feedback_app = typer.Typer(
 app.add_typer(feedback_app, name="feedback")
 
 DbOpt = Annotated[str, typer.Option("--db", help="SQLAlchemy URL: sqlite:///FILE (default) or postgresql://...")]
+MediaOpt = Annotated[
+    Path | None,
+    typer.Option(help="folder items' clips are copied into and served from (default: FILE-media beside a SQLite FILE)"),
+]
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -46,20 +50,25 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 to serve a team)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     admin: Annotated[str | None, typer.Option(help="create this admin user first if the store has no users")] = None,
+    media_root: MediaOpt = None,
+    https_only: Annotated[bool, typer.Option(help="Secure session cookies (behind a TLS proxy)")] = False,
+    api_docs: Annotated[bool, typer.Option(help="serve the OpenAPI schema at /openapi.json")] = False,
 ) -> None:
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.settings import AppSettings
 
     try:
-        store = Store(db)
+        store = Store(db, media_root)
         if admin and not store.users():
             store.add_user(admin, _password(admin), "admin")
     except StoreError as exc:
         raise _fail(exc) from None
     if not store.users():
         typer.secho("the store has no users yet: pass --admin NAME to create the first admin", fg="yellow", err=True)
-    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+    settings = AppSettings(https_only=https_only, api_docs=api_docs)
+    uvicorn.run(create_app(store, settings), host=host, port=port, log_level="warning")
 
 
 @app.command("export", help="Write a project's judgments as training records (JSONL or a Hugging Face dataset).")
@@ -71,9 +80,11 @@ def export(
     hf: Annotated[bool, typer.Option("--hf", help="write a `save_to_disk` dataset directory")] = False,
 ) -> None:
     try:
-        kind, records = export_records(Store(db), project, consensus)
+        store = Store(db)
+        kind, records = export_records(store, project, consensus)
     except StoreError as exc:
         raise _fail(exc) from None
+    store.audit(CLI_ACTOR, "export", f"{project} ({len(records)} {kind} records) to {output}")
     print(f"{write_records(records, output, hf)}: {len(records)} {kind} records")
 
 
@@ -85,6 +96,26 @@ def add_user(
 ) -> None:
     try:
         Store(db).add_user(name, _password(name), role)
+    except StoreError as exc:
+        raise _fail(exc) from None
+
+
+@feedback_app.command("deactivate", help="Sign a user out everywhere and refuse their sign-ins and tokens.")
+def deactivate(name: str, db: DbOpt = DEFAULT_DB) -> None:
+    try:
+        Store(db).set_active(name, False)
+    except StoreError as exc:
+        raise _fail(exc) from None
+
+
+@feedback_app.command("token", help="Print a new API token for a user's scripts (Authorization: Bearer TOKEN).")
+def token(name: str, label: Annotated[str, typer.Option(help="what the token is for")], db: DbOpt = DEFAULT_DB) -> None:
+    try:
+        store = Store(db)
+        user = next((u for u in store.users() if u.name == name), None)
+        if user is None:
+            raise StoreError(f"no user {name!r}")
+        print(store.create_token(user, label))
     except StoreError as exc:
         raise _fail(exc) from None
 
@@ -102,9 +133,10 @@ def create_project(
     chat_model: Annotated[str | None, typer.Option(help="the model a chat project talks to")] = None,
     assign: Annotated[list[str] | None, typer.Option(help="annotators to assign (repeatable)")] = None,
     db: DbOpt = DEFAULT_DB,
+    media_root: MediaOpt = None,
 ) -> None:
     try:
-        store = Store(db)
+        store = Store(db, media_root)
         generated = _generated_rows(prompts, models or [], samples) if prompts else []
         rows = [row for path in items or [] for row in read_rows(path)] + generated
         project = store.create_project(name, task, per_item, instructions, chat_model, rows)

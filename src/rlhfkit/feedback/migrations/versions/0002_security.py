@@ -1,0 +1,77 @@
+"""Judging rules and accounts: lease/judgment slots (per_item held by the database), deactivation,
+server-side sessions, API tokens, the audit log.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+# Existing rows get slots 0, 1, ... per item in id (or user) order: unique, as the new constraints want.
+NUMBER_JUDGMENTS = """
+UPDATE judgments SET slot = (
+    SELECT COUNT(*) FROM judgments AS earlier WHERE earlier.item_id = judgments.item_id AND earlier.id < judgments.id
+)
+"""
+NUMBER_LEASES = """
+UPDATE leases SET slot = (
+    SELECT COUNT(*) FROM judgments WHERE judgments.item_id = leases.item_id
+) + (
+    SELECT COUNT(*) FROM leases AS earlier WHERE earlier.item_id = leases.item_id AND earlier.user_id < leases.user_id
+)
+"""
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("users") as users:
+        users.add_column(sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()))
+    for table, numbering, constraint in (
+        ("judgments", NUMBER_JUDGMENTS, "one_judgment_per_slot"),
+        ("leases", NUMBER_LEASES, "one_lease_per_slot"),
+    ):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("slot", sa.Integer, nullable=False, server_default="0"))
+        op.execute(numbering)
+        with op.batch_alter_table(table) as batch:
+            batch.create_unique_constraint(constraint, ["item_id", "slot"])
+    op.create_table(
+        "sessions",
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("expires_at", sa.DateTime, nullable=False),
+    )
+    op.create_index("ix_sessions_user_id", "sessions", ["user_id"])
+    op.create_table(
+        "api_tokens",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("label", sa.String(64), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("revoked_at", sa.DateTime, nullable=True),
+    )
+    op.create_index("ix_api_tokens_user_id", "api_tokens", ["user_id"])
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("target", sa.String(256), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    for table in ("audit_log", "api_tokens", "sessions"):
+        op.drop_table(table)
+    for table, constraint in (("leases", "one_lease_per_slot"), ("judgments", "one_judgment_per_slot")):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_constraint(constraint, type_="unique")
+            batch.drop_column("slot")
+    with op.batch_alter_table("users") as users:
+        users.drop_column("active")
