@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -115,7 +115,7 @@ class Lease(Base):
     `per_item` however requests interleave."""
 
     __tablename__ = "leases"
-    __table_args__ = (UniqueConstraint("item_id", "slot", name="one_lease_per_slot"),)
+    __table_args__ = (Index("one_lease_per_slot", "item_id", "slot", unique=True),)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     slot: Mapped[int] = mapped_column(Integer)
@@ -129,7 +129,7 @@ class Judgment(Base):
     __tablename__ = "judgments"
     __table_args__ = (
         UniqueConstraint("item_id", "user_id", name="one_judgment_per_annotator"),
-        UniqueConstraint("item_id", "slot", name="one_judgment_per_slot"),
+        Index("one_judgment_per_slot", "item_id", "slot", unique=True),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)

@@ -27,17 +27,16 @@ UPDATE leases SET slot = (
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as users:
-        users.add_column(sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()))
-    for table, numbering, constraint in (
+    # Plain ALTER TABLE ADD COLUMN and unique indexes: a batch table rebuild on SQLite would drop the users
+    # table, and with foreign keys on that cascades into every judgment.
+    op.add_column("users", sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()))
+    for table, numbering, index in (
         ("judgments", NUMBER_JUDGMENTS, "one_judgment_per_slot"),
         ("leases", NUMBER_LEASES, "one_lease_per_slot"),
     ):
-        with op.batch_alter_table(table) as batch:
-            batch.add_column(sa.Column("slot", sa.Integer, nullable=False, server_default="0"))
+        op.add_column(table, sa.Column("slot", sa.Integer, nullable=False, server_default="0"))
         op.execute(numbering)
-        with op.batch_alter_table(table) as batch:
-            batch.create_unique_constraint(constraint, ["item_id", "slot"])
+        op.create_index(index, table, ["item_id", "slot"], unique=True)
     op.create_table(
         "sessions",
         sa.Column("token_hash", sa.String(64), primary_key=True),
@@ -69,9 +68,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("audit_log", "api_tokens", "sessions"):
         op.drop_table(table)
-    for table, constraint in (("leases", "one_lease_per_slot"), ("judgments", "one_judgment_per_slot")):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_constraint(constraint, type_="unique")
-            batch.drop_column("slot")
-    with op.batch_alter_table("users") as users:
-        users.drop_column("active")
+    for table, index in (("leases", "one_lease_per_slot"), ("judgments", "one_judgment_per_slot")):
+        op.drop_index(index, table)
+        op.drop_column(table, "slot")
+    op.drop_column("users", "active")
