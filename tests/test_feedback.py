@@ -29,8 +29,8 @@ from rlhfkit.feedback.schema import Item, Judgment
 from rlhfkit.feedback.settings import AppSettings
 from rlhfkit.feedback.stats import krippendorff_alpha, pairwise_agreement, project_stats
 from rlhfkit.feedback.store import Conflict, Store, StoreError, open_engine
-from rlhfkit.generation.sampling import render_prompt
 from rlhfkit.feedback.tasks import TASKS, JudgmentError, likert_consensus, pairwise_from_form, rank_consensus
+from rlhfkit.generation.sampling import render_prompt
 
 FORMS = {
     "pairwise": {"choice": "A:3"},
@@ -467,7 +467,9 @@ def test_media_are_copied_into_the_store_folder_and_served_only_from_there_as_vi
         with pytest.raises(DataError, match=rf"items.jsonl:1: field 'media\[1\]': .*{re.escape(problem)}"):
             store.create_project(f"p{len(store.projects())}", "pairwise", rows=rows(row))
     assert store.projects() == []
-    store.create_project("clips", "pairwise", rows=rows({"prompt": "q", "responses": ["a", "b"], "media": [str(clip)] * 2}))
+    store.create_project(
+        "clips", "pairwise", rows=rows({"prompt": "q", "responses": ["a", "b"], "media": [str(clip)] * 2})
+    )
     store.assign("clips", ["ann"])
     item = store.items("clips")[0]
     copy = Path(item.media[0])
@@ -560,8 +562,16 @@ def test_per_item_holds_when_annotators_race_and_try_to_take_each_others_items(d
     assert per_item == dict.fromkeys(item_ids, 2) and len(refused) >= len(users) * len(item_ids) - 10
     with pytest.raises(IntegrityError), store.session() as session:  # the database holds the cap by itself
         first = store.judgments("race")[0].judgment
-        session.add(Judgment(item_id=first.item_id, user_id=users[-1].id, slot=first.slot, payload={}, display_order=[],
-                             duration_ms=0))
+        session.add(
+            Judgment(
+                item_id=first.item_id,
+                user_id=users[-1].id,
+                slot=first.slot,
+                payload={},
+                display_order=[],
+                duration_ms=0,
+            )
+        )
         session.flush()
 
 
@@ -577,9 +587,8 @@ def test_migration_0002_numbers_existing_judgments_into_slots(database):
         connection.execute(text("insert into projects values (1, 'p', 'thumbs', '', 1, null, '2025-01-01')"))
         connection.execute(text("""insert into items values (1, 1, '"q"', '["x"]', null, null, '{}', '2025-01-01')"""))
         for judgment, user in ((1, 1), (2, 2)):  # two judgments of a per_item=1 item, as the old code allowed
-            connection.execute(
-                text(f"""insert into judgments values ({judgment}, 1, {user}, '{{"up": true}}', '[0]', 5, '2025-01-01')""")
-            )
+            values = f"""({judgment}, 1, {user}, '{{"up": true}}', '[0]', 5, '2025-01-01')"""
+            connection.execute(text(f"insert into judgments values {values}"))
     engine.dispose()
     store = Store(database)
     assert [(r.annotator, r.judgment.slot) for r in store.judgments("p")] == [("ann", 0), ("bob", 1)]
@@ -591,9 +600,13 @@ def test_login_needs_json_from_this_site(store):
     body = json.dumps({"name": "ann", "password": "ann-password"})
     plain = client.post("/api/login", content=body, headers={"Content-Type": "text/plain"})
     assert plain.status_code == 415 and "session" not in client.cookies
-    cross = client.post("/api/login", content=body, headers={"Content-Type": "application/json", "Origin": "https://evil.example"})
+    cross = client.post(
+        "/api/login", content=body, headers={"Content-Type": "application/json", "Origin": "https://evil.example"}
+    )
     assert cross.status_code == 403
-    same = client.post("/api/login", content=body, headers={"Content-Type": "application/json", "Origin": "http://testserver"})
+    same = client.post(
+        "/api/login", content=body, headers={"Content-Type": "application/json", "Origin": "http://testserver"}
+    )
     assert same.status_code == 200
 
 
@@ -632,7 +645,9 @@ def test_unknown_names_cost_a_password_check_too(store, monkeypatch):
 
 
 def test_sign_out_password_change_and_deactivation_revoke_sessions(store):
-    store.create_project("p", "thumbs", rows=rows({"prompt": "a", "completion": "x"}, {"prompt": "b", "completion": "y"}))
+    store.create_project(
+        "p", "thumbs", rows=rows({"prompt": "a", "completion": "x"}, {"prompt": "b", "completion": "y"})
+    )
     store.assign("p", ["ann"])
     client, csrf = api_client(store, "ann")
     replay = TestClient(create_app(store), cookies=dict(client.cookies))
@@ -645,7 +660,9 @@ def test_sign_out_password_change_and_deactivation_revoke_sessions(store):
     first, _ = api_client(store, "ann")
     second, _ = api_client(store, "ann")
     form_csrf = sign_in(second, "ann")
-    response = second.post("/account/password", data={"current": "ann-password", "new": "a new passphrase", "csrf": form_csrf})
+    response = second.post(
+        "/account/password", data={"current": "ann-password", "new": "a new passphrase", "csrf": form_csrf}
+    )
     assert response.status_code == 200 and "Sign in" in response.text
     assert first.get("/api/projects/1/next").status_code == 401
     assert store.authenticate("ann", "a new passphrase") is not None
@@ -658,7 +675,12 @@ def test_sign_out_password_change_and_deactivation_revoke_sessions(store):
     token = store.create_token(bob, "script")
     admin.post(f"/admin/users/{bob.id}/active", data={"active": "0", "csrf": admin_csrf})
     assert third.get("/").status_code == 200 and "Sign in" in third.get("/").text
-    assert TestClient(create_app(store)).get("/api/projects/1/next", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert (
+        TestClient(create_app(store))
+        .get("/api/projects/1/next", headers={"Authorization": f"Bearer {token}"})
+        .status_code
+        == 401
+    )
     assert store.authenticate("bob", "bob-password") is None
     assert [(e.actor, e.action, e.target) for e in store.audit_log(1)] == [("admin", "deactivate user", "bob")]
 
@@ -709,7 +731,12 @@ def test_admin_actions_are_in_the_audit_log_on_the_admin_page(store):
     client.post("/admin/projects/1/assign", data={"users": ["dan"], "csrf": csrf})
     client.get("/projects/1/export")
     actions = [(e.actor, e.action) for e in reversed(store.audit_log())]
-    assert actions[-4:] == [("admin", "create user"), ("admin", "create project"), ("admin", "assign"), ("admin", "export")]
+    assert actions[-4:] == [
+        ("admin", "create user"),
+        ("admin", "create project"),
+        ("admin", "assign"),
+        ("admin", "export"),
+    ]
     assert "deactivate" not in actions and "dan (annotator)" in client.get("/admin").text
 
 
@@ -772,7 +799,11 @@ def test_requests_that_used_to_fail_with_500_get_4xx_and_store_nothing(store, tm
     ]:
         response = admin.post(url, data={**form, "csrf": csrf})
         assert response.status_code == 400 and f"field &#39;{field}&#39;" in response.text, (url, form)
-    upload = admin.post("/admin/projects/1/items", data={"csrf": csrf}, files={"file": ("latin.jsonl", '{"prompt": "café"}'.encode("latin-1"))})
+    upload = admin.post(
+        "/admin/projects/1/items",
+        data={"csrf": csrf},
+        files={"file": ("latin.jsonl", '{"prompt": "café"}'.encode("latin-1"))},
+    )
     assert upload.status_code == 400 and "latin.jsonl: not UTF-8" in upload.text
     assert admin.get("/projects/999/stats").status_code == 404 and admin.get("/projects/999/export").status_code == 404
     big = admin.post("/api/items/1", content=b"x" * (20 << 20), headers={"Content-Type": "application/json"})
@@ -786,12 +817,18 @@ def test_export_of_a_project_with_a_non_latin1_name(store):
     sign_in(client, "admin")
     response = client.get("/projects/1/export")
     assert response.status_code == 200
-    assert "filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E%20%E2%9C%93-unpaired.jsonl" in response.headers["content-disposition"]
+    assert (
+        "filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E%20%E2%9C%93-unpaired.jsonl"
+        in response.headers["content-disposition"]
+    )
 
 
 def test_chat_format_replies_are_imported(store, tmp_path):
     chat_reply = [{"role": "assistant", "content": "Indeed."}]
-    row = {"prompt": [{"role": "user", "content": "Well?"}], "responses": [chat_reply, [{"role": "assistant", "content": "No."}]]}
+    row = {
+        "prompt": [{"role": "user", "content": "Well?"}],
+        "responses": [chat_reply, [{"role": "assistant", "content": "No."}]],
+    }
     store.create_project("p", "pairwise", rows=rows(row))
     assert store.items("p")[0].responses[0] == chat_reply
     path = tmp_path / "items.jsonl"
@@ -814,7 +851,11 @@ def test_a_chat_message_longer_than_the_window_is_cut_to_fit(store):
     shown = chat.fit_to_window(tokenizer, long, 192)
     assert long[0]["content"].endswith(shown[0]["content"]) and 150 < len(shown[0]["content"]) < len(long[0]["content"])
     assert len(tokenizer(render_prompt(tokenizer, shown))["input_ids"]) <= 192
-    conversation = [{"role": "user", "content": "x " * 80}, {"role": "assistant", "content": "y " * 80}, {"role": "user", "content": "Hi"}]
+    conversation = [
+        {"role": "user", "content": "x " * 80},
+        {"role": "assistant", "content": "y " * 80},
+        {"role": "user", "content": "Hi"},
+    ]
     assert chat.fit_to_window(tokenizer, conversation, 192) == conversation[2:]
     store.create_project("talk", "chat", chat_model="tiny-austen")
     store.assign("talk", ["ann"])

@@ -86,7 +86,9 @@ def set_active(request: Request, user_id: Id, store: StoreDep, user: Admin, form
         raise HTTPException(404, f"no user {user_id}")
     if target.id == user.id:
         return admin_page(request, store, 400, "you cannot deactivate yourself")
-    return admin_action(request, store, lambda: store.set_active(target.name, text_field(form, "active") == "1", user.name))
+    return admin_action(
+        request, store, lambda: store.set_active(target.name, text_field(form, "active") == "1", user.name)
+    )
 
 
 @router.post("/admin/projects")
@@ -127,5 +129,7 @@ def assign(request: Request, project_id: Id, store: StoreDep, user: Admin, form:
 @router.get("/projects/{project_id}/stats")
 def stats(request: Request, project_id: Id, store: StoreDep, _user: Admin) -> Response:
     project = store.project(project_id)
-    result = project_stats(TASKS[project.task], project.per_item, len(store.items(project_id)), store.judgments(project_id))
+    result = project_stats(
+        TASKS[project.task], project.per_item, len(store.items(project_id)), store.judgments(project_id)
+    )
     return page(request, "stats.html", project=project, stats=result)

@@ -19,7 +19,9 @@ def next_item(project_id: Id, store: StoreDep, user: SignedIn) -> NextReply:
     item = store.next_item(project_id, user)
     if item is None:
         return NextReply(item=None)
-    return NextReply(item=ShownItem(id=item.id, prompt=item.prompt, responses=[r["text"] for r in shown(store, item, user)]))
+    return NextReply(
+        item=ShownItem(id=item.id, prompt=item.prompt, responses=[r["text"] for r in shown(store, item, user)])
+    )
 
 
 def csrf_header(request: Request) -> None:

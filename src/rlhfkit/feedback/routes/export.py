@@ -24,7 +24,9 @@ def attachment(name: str) -> str:
 def export(project_id: Id, store: StoreDep, user: Admin, consensus: bool = False) -> Response:
     project = store.project(project_id)
     kind, records = export_records(store, project.name, consensus)
-    store.audit(user.name, "export", f"{project.name} ({len(records)} {kind} records{', consensus' if consensus else ''})")
+    store.audit(
+        user.name, "export", f"{project.name} ({len(records)} {kind} records{', consensus' if consensus else ''})"
+    )
     body = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     name = f"{project.name}-{kind}{'-consensus' if consensus else ''}.jsonl"
     return Response(body, media_type="application/jsonl", headers={"Content-Disposition": attachment(name)})

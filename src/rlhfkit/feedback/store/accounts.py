@@ -92,7 +92,9 @@ class Accounts(StoreBase):
         now = utcnow()
         with self.session() as session:
             session.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
-            session.add(LoginSession(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + SESSION_LIFETIME))
+            session.add(
+                LoginSession(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + SESSION_LIFETIME)
+            )
         return token
 
     def session_user(self, token: str) -> User | None:
