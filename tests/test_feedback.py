@@ -737,7 +737,9 @@ def test_admin_actions_are_in_the_audit_log_on_the_admin_page(store):
         ("admin", "assign"),
         ("admin", "export"),
     ]
-    assert "deactivate" not in actions and "dan (annotator)" in client.get("/admin").text
+    page = client.get("/admin").text
+    assert "<td>admin</td><td>create project</td><td>web (thumbs, 0 items)</td>" in page
+    assert "<td>admin</td><td>assign</td><td>web: dan</td>" in page
 
 
 BAD_BODIES = [

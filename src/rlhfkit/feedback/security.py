@@ -7,7 +7,7 @@ import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MIN_PASSWORD = 8
@@ -62,7 +62,7 @@ class Throttle:
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def retry_after(self, key: str) -> int:
@@ -75,14 +75,18 @@ class Throttle:
 
     def fail(self, key: str) -> None:
         with self._lock:
-            self._recent(key).append(time.monotonic())
+            self._failures[key] = self._recent(key)
+            self._failures[key].append(time.monotonic())
 
     def clear(self, key: str) -> None:
         with self._lock:
             self._failures.pop(key, None)
 
     def _recent(self, key: str) -> deque[float]:
-        failures = self._failures[key]
+        """`key`'s failures within the window; keys without any are forgotten, so memory stays bounded."""
+        failures = self._failures.pop(key, deque())
         while failures and failures[0] < time.monotonic() - self.window_s:
             failures.popleft()
+        if failures:
+            self._failures[key] = failures
         return failures
