@@ -48,6 +48,7 @@ class Accounts(StoreBase):
         """The active user with this name and password, else None (after the same argon2 work either way)."""
         with self.reading() as session:
             user = session.scalar(select(User).where(User.name == name))
+        matches: bool
         try:
             matches = _hasher.verify(user.password_hash if user is not None else _dummy_hash(), password)
         except VerificationError:

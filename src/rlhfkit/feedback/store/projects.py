@@ -176,7 +176,8 @@ def _texts(row: dict[str, Any], responses: list[Any], location: str) -> tuple[An
     if len(responses) >= 2:
         record: Any = validate_record({**row, "responses": responses}, "candidates", location)
         return _plain(record.prompt), [_plain(r) for r in record.responses]
-    prompt = _plain(validate_record(row, "prompt", location).prompt)
+    prompt_record: Any = validate_record(row, "prompt", location)
+    prompt = _plain(prompt_record.prompt)
     if not responses:
         return prompt, []
     record = validate_record({"prompt": prompt, "completion": responses[0]}, "sft", location)  # the one reply
