@@ -1,14 +1,20 @@
-"""Load test of the feedback app: N concurrent annotators submitting M judgments each over HTTP (loopback).
+"""Load test of the feedback app: N concurrent annotators judging over HTTP (loopback) until the queue is empty.
 
 The server runs as `rlhfkit serve` in its own process on a fresh SQLite store with one pairwise project of
-N·M items, one annotator per item. Each simulated annotator signs in, then loops: fetch its next item,
-submit a judgment (sent twice, like a double click: it must be stored once), until M are acknowledged.
+N·M/per_item items. Each simulated annotator signs in, then loops: fetch its next item, try to judge an item
+another annotator holds right now (lease theft: must be refused with 409), then submit its own judgment twice
+at once from two threads (a double click racing itself: exactly one 201), until no item is left for it.
 With `--kill-after K`, the server is killed with SIGKILL once K judgments are acknowledged and restarted;
-annotators retry through the outage. At the end every acknowledged judgment must be in the store, and
-every item judged exactly once.
+annotators retry through the outage. At the end every acknowledged judgment must be in the store, every item
+must hold exactly `per_item` judgments, no theft may have been accepted and no double submit stored twice.
 
-    python bench/feedback_load.py                       # 20 annotators x 50 judgments
+What it proves: acknowledged judgments survive a kill of the server process (committed before the answer;
+a kill -9 does not test fsync against a power cut: see synchronous=FULL in store/base.py), leases and the
+slot constraints hold `per_item` under concurrent annotators, thieves and double submits.
+
+    python bench/feedback_load.py                       # 20 annotators x 50 judgments, per_item 1
     python bench/feedback_load.py --kill-after 500      # the same, with a kill -9 half-way
+    python bench/feedback_load.py --per-item 3          # three annotators per item
     python bench/feedback_load.py --db postgresql+psycopg://USER:PW@HOST/EMPTY_DB    # on PostgreSQL
 
 Writes bench/results/feedback_load.json (or --output): judgments per second, latencies, the checks.
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median, quantiles
@@ -41,7 +48,10 @@ PASSWORD = "load-test-password"
 @dataclass
 class Shared:
     acknowledged: list[tuple[str, int]] = field(default_factory=list)  # (annotator, item id)
-    latencies: list[float] = field(default_factory=list)  # seconds per submit request
+    latencies: list[float] = field(default_factory=list)  # seconds per double submit (two requests at once)
+    held: dict[str, int] = field(default_factory=dict)  # annotator -> the item they hold now
+    thefts: list[int] = field(default_factory=list)  # status of each attempt on another's item
+    double_created: int = 0  # double submits that stored twice (both 201)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -51,16 +61,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare(db: str, annotators: int, per_annotator: int) -> list[str]:
+def prepare(db: str, annotators: int, per_annotator: int, per_item: int) -> list[str]:
     store = Store(db)
     names = [f"annotator{i:02d}" for i in range(annotators)]
     for name in names:
         store.add_user(name, PASSWORD)
     items = [
         Row(f"load:{i + 1}", {"prompt": f"prompt {i}", "responses": [f"reply a{i}", f"reply b{i}"]})
-        for i in range(annotators * per_annotator)
+        for i in range(annotators * per_annotator // per_item)
     ]
-    store.create_project("load", "pairwise", per_item=1, rows=items)
+    store.create_project("load", "pairwise", per_item=per_item, rows=items)
     store.assign("load", names)
     store.engine.dispose()
     return names
@@ -85,27 +95,40 @@ def start_server(db: str, port: int) -> subprocess.Popen:
     raise RuntimeError("the server did not start within 120 s")
 
 
-def annotate(base: str, name: str, count: int, shared: Shared) -> None:
-    """Sign in and judge `count` items, retrying through server restarts."""
+def annotate(base: str, name: str, shared: Shared) -> None:
+    """Sign in and judge items until none is left, trying to steal others' items on the way; retries
+    through server restarts."""
     with httpx.Client(base_url=base, timeout=30) as client:
         csrf = retry(lambda: client.post("/api/login", json={"name": name, "password": PASSWORD})).json()["csrf"]
-        done = 0
-        while done < count:
+        headers = {"X-CSRF-Token": csrf}
+
+        def judge(item_id: int) -> httpx.Response:
+            return retry(lambda: client.post(f"/api/items/{item_id}", json={"choice": "A:2"}, headers=headers))
+
+        while True:
             item = retry(lambda: client.get("/api/projects/1/next")).json()["item"]
             if item is None:
                 return
+            with shared.lock:
+                shared.held[name] = item["id"]
+                others = [i for other, i in shared.held.items() if other != name and i != item["id"]]
+            if others:
+                stolen = judge(others[0])
+                with shared.lock:
+                    shared.thefts.append(stolen.status_code)
             started = time.perf_counter()
-            for _ in range(2):  # the second send is the double click: acknowledged, not stored again
-                response = retry(
-                    lambda i=item: client.post(
-                        f"/api/items/{i['id']}", json={"choice": "A:2"}, headers={"X-CSRF-Token": csrf}
-                    )
-                )
+            twice: list[httpx.Response] = []
+            second = threading.Thread(target=lambda i=item["id"], out=twice: out.append(judge(i)))  # the double click
+            second.start()
+            twice.append(judge(item["id"]))
+            second.join()
+            for response in twice:
                 response.raise_for_status()
             with shared.lock:
-                shared.latencies.append((time.perf_counter() - started) / 2)
+                shared.held.pop(name, None)
+                shared.double_created += [r.status_code for r in twice].count(201) > 1
+                shared.latencies.append(time.perf_counter() - started)
                 shared.acknowledged.append((name, item["id"]))
-            done += 1
 
 
 def retry(request, attempts: int = 600):
@@ -118,35 +141,45 @@ def retry(request, attempts: int = 600):
     raise RuntimeError("the server stayed down")
 
 
-def check(db: str, shared: Shared, items: int) -> dict:
+def check(db: str, shared: Shared, items: int, per_item: int) -> dict:
     store = Store(db)
     rows = store.judgments("load")
     stored = {(row.annotator, row.item.id) for row in rows}
-    per_item: dict[int, int] = {}
-    for row in rows:
-        per_item[row.item.id] = per_item.get(row.item.id, 0) + 1
+    counts = Counter(row.item.id for row in rows)
+    theft_created = shared.thefts.count(201)
     return {
         "stored": len(rows),
         "acknowledged": len(shared.acknowledged),
         "acknowledged_missing": len(set(shared.acknowledged) - stored),
-        "items_judged_once": sum(n == 1 for n in per_item.values()),
-        "items_judged_more": sum(n > 1 for n in per_item.values()),
         "items": items,
-        "passed": len(rows) == items == len(per_item)
+        "items_at_per_item": sum(n == per_item for n in counts.values()),
+        "items_over_per_item": sum(n > per_item for n in counts.values()),
+        "theft_attempts": len(shared.thefts),
+        "theft_refused_409": shared.thefts.count(409),
+        "theft_created": theft_created,
+        "double_submits_stored_twice": shared.double_created,
+        "passed": len(rows) == items * per_item
         and stored >= set(shared.acknowledged)
-        and all(n == 1 for n in per_item.values()),
+        and all(n == per_item for n in counts.values())
+        and theft_created == 0
+        and shared.double_created == 0,
     }
 
 
-def run_load(workdir: Path, annotators: int, per_annotator: int, kill_after: int | None, db: str | None = None) -> dict:
+def run_load(
+    workdir: Path,
+    annotators: int,
+    per_annotator: int,
+    kill_after: int | None,
+    db: str | None = None,
+    per_item: int = 1,
+) -> dict:
     db = db or f"sqlite:///{workdir / 'load.db'}"
-    names = prepare(db, annotators, per_annotator)
+    names = prepare(db, annotators, per_annotator, per_item)
     port = free_port()
     server = start_server(db, port)
     shared = Shared()
-    threads = [
-        threading.Thread(target=annotate, args=(f"http://127.0.0.1:{port}", n, per_annotator, shared)) for n in names
-    ]
+    threads = [threading.Thread(target=annotate, args=(f"http://127.0.0.1:{port}", n, shared)) for n in names]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -168,11 +201,12 @@ def run_load(workdir: Path, annotators: int, per_annotator: int, kill_after: int
         "store": db.split(":", 1)[0],
         "annotators": annotators,
         "judgments_per_annotator": per_annotator,
+        "per_item": per_item,
         "killed_after_acknowledged": killed_at,
         "seconds": elapsed,
         "judgments_per_second": len(shared.acknowledged) / elapsed,
-        "submit_latency_ms": {"median": 1000 * median(shared.latencies), "p95": 1000 * cuts[94]},
-        "check": check(db, shared, annotators * per_annotator),
+        "double_submit_latency_ms": {"median": 1000 * median(shared.latencies), "p95": 1000 * cuts[94]},
+        "check": check(db, shared, annotators * per_annotator // per_item, per_item),
     }
 
 
@@ -180,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--judgments", type=int, default=50, help="judgments per annotator")
+    parser.add_argument("--per-item", type=int, default=1, help="annotators per item")
     parser.add_argument("--kill-after", type=int, default=None, help="SIGKILL the server after K acknowledgements")
     parser.add_argument("--db", default=None, help="an empty database's URL (default: a new SQLite file in --workdir)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-feedback"))
@@ -187,12 +222,12 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "load.db").unlink(missing_ok=True)
-    result = run_load(args.workdir, args.annotators, args.judgments, args.kill_after, args.db)
+    result = run_load(args.workdir, args.annotators, args.judgments, args.kill_after, args.db, args.per_item)
     print(json.dumps(result, indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     if not result["check"]["passed"]:
-        raise SystemExit("FAILED: a judgment was lost or stored twice")
+        raise SystemExit("FAILED: a judgment was lost or stored twice, an item over-judged, or a theft accepted")
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def test_render_segment_redraws_the_states_recorded_in_a_rollout(tmp_path):
 def test_human_labeler_shows_clip_pairs_in_the_feedback_app_and_waits_for_the_answers(tmp_path):
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
     store = Store(db)
-    annotator = store.add_user("ann", "password1")
+    annotator = store.add_user("ann", "ann-password")  # "password1" is a listed common password
     pool = _cartpole_pool(0, 300, 10, record_states=True)
     pairs = SegmentPairs(pool[np.arange(5)], pool[np.arange(5, 10)])
     settings = HumanLabelSettings(db=db, annotators=["ann"], poll_seconds=0.1, timeout_minutes=2)

@@ -266,6 +266,22 @@ def test_login_redirects_back_and_rejects_a_wrong_password(env: Env) -> None:
     page.context.close()
 
 
+def test_a_cross_site_form_cannot_sign_the_browser_in(env: Env) -> None:
+    """Login CSRF: another site's page posts a text/plain form shaped as JSON to /api/login; the browser must
+    not come back signed in as the attacker's account."""
+    page = env.new_page()
+    page.set_content(
+        f"""<form id="f" method="post" enctype="text/plain" action="{env.base_url}/api/login">
+        <input name='{{"name": "other", "password": "{PASSWORD}", "pad": "' value='"}}'></form>"""
+    )
+    with page.expect_navigation() as navigation:
+        page.evaluate("document.getElementById('f').submit()")
+    assert navigation.value.status in (403, 415)
+    page.goto("/")
+    assert page.url == f"{env.base_url}/login?next=/" and page.locator("header .who").count() == 0
+    page.context.close()
+
+
 def test_annotator_cannot_open_a_project_not_assigned_to_them(env: Env, ann: Page) -> None:
     ann.goto("/")
     listed = ann.locator("table.grid tbody td:first-child").all_text_contents()

@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import select
 
 from rlhfkit.feedback.schema import Item, Judgment, Project, User
-from rlhfkit.feedback.store import Store
-from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.feedback.store import Conflict, Store
+from rlhfkit.generation.sampling import SamplingSettings, render_prompt, sample
 from rlhfkit.models.loading import load_model, load_tokenizer
 
 SETTINGS = SamplingSettings(max_new_tokens=64, temperature=0.9)
+MAX_MESSAGE_CHARS = 4000  # one message; the model sees only what fits its window anyway
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,19 @@ def conversation_state(store: Store, project_id: int, user: User, conversation: 
 
 def say(store: Store, project: Project, user: User, conversation: str, message: str) -> Item:
     """Add the labeler's message, sample two replies to the conversation, store the turn as an item."""
+    if project.task != "chat" or not project.chat_model:
+        raise Conflict(f"project {project.name!r} is a {project.task} project, not a chat")
     state = conversation_state(store, project.id, user, conversation)
     if state.pending is not None:
         return state.pending  # pick a reply first; a resent message does not fork the conversation
     messages = [*state.messages, {"role": "user", "content": message}]
     model, tokenizer = _model(project.chat_model)
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+    shown = fit_to_window(tokenizer, messages, context - SETTINGS.max_new_tokens)
     turn = len(messages) // 2
     seed = zlib.crc32(f"{conversation}:{turn}".encode())
-    replies = sample(model, tokenizer, [messages, messages], SETTINGS, seeds=[seed, seed + 1]).texts
+    replies = sample(model, tokenizer, [shown, shown], SETTINGS, seeds=[seed, seed + 1]).texts
     with store.session() as session:
         item = Item(
             project_id=project.id,
@@ -83,3 +89,23 @@ def say(store: Store, project: Project, user: User, conversation: str, message: 
         session.add(item)
         session.flush()
         return item
+
+
+def fit_to_window(tokenizer: Any, messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+    """The latest messages whose rendered prompt fits `budget` tokens: the oldest exchanges (user and
+    assistant) are dropped first, then the start of the one message left is cut (the model reads its end)."""
+
+    def length(shown: list[dict[str, str]]) -> int:
+        return len(tokenizer(render_prompt(tokenizer, shown))["input_ids"])
+
+    shown = list(messages)
+    while len(shown) > 2 and length(shown) > budget:
+        shown = shown[2:]
+    if length(shown) <= budget:
+        return shown
+    last = shown[-1]
+    ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+    keep = max(0, budget - length([{**last, "content": ""}]))
+    while keep > 0 and length([{**last, "content": tokenizer.decode(ids[-keep:])}]) > budget:
+        keep -= 1  # decoding and encoding again can merge tokens differently
+    return [{**last, "content": tokenizer.decode(ids[-keep:]) if keep else ""}]

@@ -8,6 +8,7 @@ with metadata flags (Ouyang et al. 2022, arXiv:2203.02155) and Open-Assistant's 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,16 +30,23 @@ class JudgmentError(ValueError):
     """A submission that does not fit its task; the message names the field."""
 
 
+WHOLE_NUMBER = re.compile(r"\s*-?[0-9]{1,9}\s*")  # ASCII digits only: int() also reads "٣" and "²"
+
+
 def _field(form: Form, name: str) -> str:
     value = form.get(name)
-    if value is None or str(value).strip() == "":
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        if value is None:
+            raise JudgmentError(f"field '{name}': required")
+        raise JudgmentError(f"field '{name}': expected text, got {type(value).__name__}")
+    if str(value).strip() == "":
         raise JudgmentError(f"field '{name}': required")
     return str(value)
 
 
 def _integer(form: Form, name: str, low: int, high: int) -> int:
     text = _field(form, name)
-    if not text.strip().lstrip("-").isdigit() or not low <= int(text) <= high:
+    if not WHOLE_NUMBER.fullmatch(text) or not low <= int(text) <= high:
         raise JudgmentError(f"field '{name}': expected a whole number from {low} to {high}, got {text!r}")
     return int(text)
 
@@ -68,7 +76,9 @@ def rank_from_form(form: Form, order: Sequence[int]) -> Payload:
 
 def likert_from_form(form: Form, order: Sequence[int]) -> Payload:
     flags = form.get("flags") or []
-    flags = [flags] if isinstance(flags, str) else list(flags)
+    flags = [flags] if isinstance(flags, str) else flags
+    if not isinstance(flags, list | tuple) or not all(isinstance(flag, str) for flag in flags):
+        raise JudgmentError(f"field 'flags': expected a list of flag names, got {flags!r}")
     unknown = sorted(set(flags) - set(INSTRUCTGPT_FLAGS))
     if unknown:
         raise JudgmentError(f"field 'flags': unknown flag(s) {', '.join(unknown)}")

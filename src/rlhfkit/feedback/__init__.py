@@ -1,0 +1,1 @@
+"""The human-feedback stage: a labelling web app over a judgment store, and its command line."""

@@ -1,0 +1,1 @@
+"""The app's routers, one per resource: auth, labelling, admin, export, the JSON API."""
