@@ -58,21 +58,26 @@ def test_continuation_probabilities_are_the_normalised_option_likelihoods(tiny_m
     items = [
         ProbeItem(question="It is a truth universally", options=["acknowledged", "house", "the"], answer=0),
         ProbeItem(question="Emma was", options=["happy", "sad"], answer=1),
+        ProbeItem(
+            question="She had been", options=["unaccountably", "a very great deal", "xylophone sonata"], answer=1
+        ),
     ]
-    probabilities = continuation_probabilities(model, tokenizer, items, 2)  # batches cut through items
-    assert probabilities.shape == (2, 3) and probabilities[1, 2] == 0
-    assert probabilities.sum(1).tolist() == pytest.approx([1.0, 1.0])
-    question = tokenizer.encode("Emma was")
-    sums = []
-    for option in (" happy", " sad"):
-        ids = tokenizer.encode(option)
-        row = TokenSequence(question + ids, [0] * len(question) + [1] * len(ids))
-        sums.append(response_logprobs(model, [row], tokenizer.pad_token_id).sum())
-    assert probabilities[1, :2].tolist() == pytest.approx(torch.stack(sums).softmax(0).tolist(), abs=1e-5)
+    probabilities = continuation_probabilities(model, tokenizer, items, 2)  # questions of two lengths: left padding
+    assert probabilities.shape == (3, 3) and probabilities[1, 2] == 0
+    assert probabilities.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    for row, item in enumerate(items):  # against each option scored as one whole sequence
+        question = tokenizer.encode(item.question)
+        sums = []
+        for option in item.options:
+            ids = tokenizer.encode(" " + option)
+            sequence = TokenSequence(question + ids, [0] * len(question) + [1] * len(ids))
+            sums.append(response_logprobs(model, [sequence], tokenizer.pad_token_id).sum())
+        expected = torch.stack(sums).softmax(0).tolist()
+        assert probabilities[row, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
     letters = letter_probabilities(model, tokenizer, items, 1)
-    assert letters.shape == (2, 3) and letters.sum(1).tolist() == pytest.approx([1.0, 1.0])
+    assert letters.shape == (3, 3) and letters.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
     fit = probe_calibration(model, tokenizer, items, "letter", bins=5)
-    assert fit.items == 2 and len(fit.bins) == 5
+    assert fit.items == 3 and len(fit.bins) == 5
 
 
 def test_cloze_items_hold_the_true_next_word():

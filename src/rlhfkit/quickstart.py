@@ -70,7 +70,15 @@ class QuickstartConfig(Config):
     )
     ppo: PPOConfig = Field(
         default_factory=lambda: PPOConfig(
-            prompts="demo-sft", max_steps=20, learning_rate=3e-5, kl_coef=0.05, eval_every=0, log_samples=2
+            # 2 epochs at lr 6e-5 reach the gold and KL of 4 epochs at 3e-5 (0.888 at 0.32 nats/token against
+            # 0.890 at 0.31 on 256 held-out openings) for 60% of the CPU time
+            prompts="demo-sft",
+            max_steps=20,
+            ppo_epochs=2,
+            learning_rate=6e-5,
+            kl_coef=0.05,
+            eval_every=0,
+            log_samples=2,
         ),
         description="the PPO stage, against the reward model (model and rewards set by the quickstart)",
     )

@@ -37,10 +37,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
 from rlhfkit.data.readers import DataError, read_rows
-from rlhfkit.evaluation.policy import response_logprobs
 from rlhfkit.reward.evaluate import expected_calibration_error
 from rlhfkit.rlaif.judges import choice_distribution
-from rlhfkit.training.batching import TokenSequence
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -152,26 +150,60 @@ def continuation_probabilities(
     """(N, K): softmax over each item's options of log P(option | question) = Σ_t log p(option token t | ...).
 
     The question and option are tokenized apart (so every option follows the same question tokens); a
-    question too long for the context loses its oldest tokens.
+    question too long for the context loses its oldest tokens. `batch_size` items at a time.
     """
     limit = _context_size(model)
-    rows, lengths = [], []
-    for item in items:
-        question = tokenizer.encode(item.question, add_special_tokens=False)
-        for option in item.options:
-            ids = tokenizer.encode(continuation(item.question, option), add_special_tokens=False)
-            kept = question if limit is None else question[max(0, len(question) + len(ids) - limit) :]
-            rows.append(TokenSequence(kept + ids, [0] * len(kept) + [1] * len(ids)))
-            lengths.append(len(ids))
-    sums = []
-    for start in range(0, len(rows), batch_size):
-        flat = response_logprobs(model, rows[start : start + batch_size], tokenizer.pad_token_id)
-        sums += [part.sum() for part in flat.split(lengths[start : start + batch_size])]
-    scores, out = torch.stack(sums).float(), []
-    for item in items:
-        out.append(scores[: len(item.options)].softmax(-1))
-        scores = scores[len(item.options) :]
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        options = [
+            [tokenizer.encode(continuation(item.question, o), add_special_tokens=False) for o in item.options]
+            for item in batch
+        ]
+        questions = []
+        for item, ids in zip(batch, options, strict=True):
+            question = tokenizer.encode(item.question, add_special_tokens=False)
+            keep = len(question) if limit is None else limit - max(map(len, ids))
+            questions.append(question[max(0, len(question) - keep) :])
+        sums = option_logprob_sums(model, questions, options, tokenizer.pad_token_id)
+        out += [scores.float().softmax(-1) for scores in sums]
     return _stack(out)
+
+
+def option_logprob_sums(
+    model: PreTrainedModel, questions: list[list[int]], options: list[list[list[int]]], pad_id: int
+) -> list[torch.Tensor]:
+    """Σ_t log p(option token t | question, earlier option tokens) for each option of each question.
+
+    Each question goes through the model once; its key/value cache is then copied to each of its options,
+    which are scored together in a second pass (a probe's options are a token or two, its questions dozens,
+    so this does about 1/K of the work of scoring K full sequences).
+    """
+    device = model.device
+    width = max(map(len, questions))
+    q_ids = torch.tensor([[pad_id] * (width - len(q)) + q for q in questions], device=device)
+    q_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in questions], device=device)
+    first = model(
+        input_ids=q_ids, attention_mask=q_mask, position_ids=(q_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True
+    )
+    next_token = first.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each option's first token
+    owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts], device=device)
+    flat = [o for opts in options for o in opts]
+    cache = first.past_key_values
+    cache.batch_select_indices(owner)  # one copy of its question's cache per option
+    o_width = max(map(len, flat))
+    o_ids = torch.tensor([o + [pad_id] * (o_width - len(o)) for o in flat], device=device)
+    o_mask = torch.tensor([[1] * len(o) + [0] * (o_width - len(o)) for o in flat], device=device)
+    positions = q_mask[owner].sum(-1, keepdim=True) + torch.arange(o_width, device=device)
+    second = model(
+        input_ids=o_ids,
+        attention_mask=torch.cat([q_mask[owner], o_mask], 1),
+        position_ids=positions,
+        past_key_values=cache,
+    )
+    later = second.logits[:, :-1].float().log_softmax(-1).gather(-1, o_ids[:, 1:, None]).squeeze(-1)
+    totals = next_token[owner, o_ids[:, 0]] + (later * o_mask[:, 1:]).sum(-1)
+    return list(totals.cpu().split([len(opts) for opts in options]))
 
 
 def letter_prompt(item: ProbeItem) -> str:
