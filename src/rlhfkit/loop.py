@@ -33,21 +33,22 @@ from rich.console import Console
 
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
+from rlhfkit.data.convert import best_vs_worst
 from rlhfkit.data.readers import Row
-from rlhfkit.data.records import load_records
+from rlhfkit.data.records import load_records, read_prompts
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.policy import evaluate_policy
 from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
 from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
+from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.ppo.rewards import RewardSource
-from rlhfkit.ppo.train import PPOConfig, ppo, read_prompts
-from rlhfkit.quickstart import best_vs_worst
+from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
+from rlhfkit.scores import gold_function
 
 console = Console()
 

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from rlhfkit import assets
 from rlhfkit.config import Config
+from rlhfkit.data.convert import best_vs_worst
 from rlhfkit.data.records import load_records
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
@@ -197,18 +198,6 @@ def print_samples(prompts: list[str], continuations: dict[str, list[str]]) -> No
     for prompt, *row in zip(prompts, *continuations.values(), strict=True):
         table.add_row(prompt, *row)
     console.print(table)
-
-
-def best_vs_worst(rankings: Path, output: Path) -> Path:
-    """One preference pair per ranking: its best reply against its worst (rankings that are all ties are skipped)."""
-    with output.open("w") as f:
-        for line in rankings.read_text().splitlines():
-            row = json.loads(line)
-            best, worst = row["ranks"].index(min(row["ranks"])), row["ranks"].index(max(row["ranks"]))
-            if row["ranks"][best] != row["ranks"][worst]:
-                pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
-                f.write(json.dumps(pair) + "\n")
-    return output
 
 
 def reward_prompts(count: int) -> list:

@@ -16,9 +16,8 @@ import numpy as np
 from rlhfkit.control.render import render_clip, render_env, render_segment
 from rlhfkit.control.segments import SegmentPairs
 from rlhfkit.data.readers import Row
-from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
-from rlhfkit.feedback.tasks import Payload
-from rlhfkit.labeling.simulated import preference_probability
+from rlhfkit.feedback.queue import HumanLabelSettings, Payload, request_judgments
+from rlhfkit.scores import preference_probability
 
 if TYPE_CHECKING:
     from rlhfkit.control.train import ControlConfig

@@ -9,8 +9,10 @@ case they come back as `tie=True` pairs for losses that use them.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
@@ -106,3 +108,15 @@ _TO_PREFERENCES: dict[str, Callable[[Iterable[Any]], list[PreferenceRecord]]] = 
     "rating": ratings_to_pairs,
     "edit": lambda records: [edit_to_pair(record) for record in records],
 }
+
+
+def best_vs_worst(rankings: Path, output: Path) -> Path:
+    """One preference pair per ranking: its best reply against its worst (rankings that are all ties are skipped)."""
+    with output.open("w") as f:
+        for line in rankings.read_text().splitlines():
+            row = json.loads(line)
+            best, worst = row["ranks"].index(min(row["ranks"])), row["ranks"].index(max(row["ranks"]))
+            if row["ranks"][best] != row["ranks"][worst]:
+                pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
+                f.write(json.dumps(pair) + "\n")
+    return output

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from rlhfkit import assets
 from rlhfkit.data.readers import DataError, read_rows
 
 InstructGPTFlag = Literal[
@@ -293,3 +294,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _preview(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 3] + "..."
+
+
+def read_prompts(path: str, limit: int | None = None) -> list[Text]:
+    """The prompts of a prompt-records file (or packaged asset), the first `limit` of them; none is an error."""
+    records = load_records(assets.resolve(path), "prompt")
+    if not records:
+        raise DataError(f"{path}: no prompts")
+    return [r.prompt for r in records][:limit]

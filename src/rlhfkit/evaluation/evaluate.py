@@ -33,13 +33,13 @@ from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError, dump_config
 from rlhfkit.data.records import Text, load_records
 from rlhfkit.evaluation.calibration import ProbeItem, load_probe, probe_calibration
-from rlhfkit.evaluation.leaderboard import Judgements, leaderboard
+from rlhfkit.evaluation.leaderboard import leaderboard
 from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
 from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import GoldFunction, gold_function
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.reward.ensemble import load_reward_model
+from rlhfkit.scores import GoldFunction, Judgements, gold_function
 
 console = Console()
 

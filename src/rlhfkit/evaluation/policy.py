@@ -13,26 +13,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhfkit.generation.sampling import Samples, SamplingSettings, sample
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
+from rlhfkit.models.logprobs import lm_parts, target_logprobs
+from rlhfkit.scores import distinct_n
 from rlhfkit.training.batching import TokenSequence, pad_batch
-from rlhfkit.training.lm_trainer import lm_parts, target_logprobs
-
-
-def distinct_n(texts: list[str], n: int = 2) -> float:
-    """Distinct n-grams over all n-grams of the word sequences (Li et al. 2016): 0 = repetitive, 1 = varied."""
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
-def response_sequences(samples: Samples) -> list[TokenSequence]:
-    """Each row as its unpadded prompt followed by its response through EOS, the response marked for scoring."""
-    rows = []
-    for p_ids, p_mask, r_ids, r_mask in zip(
-        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask, strict=True
-    ):
-        prompt, response = p_ids[p_mask.bool()].tolist(), r_ids[r_mask.bool()].tolist()
-        rows.append(TokenSequence(prompt + response, [0] * len(prompt) + [1] * len(response)))
-    return rows
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from rlhfkit.config import Config
+from rlhfkit.training.batching import TokenSequence
 
 
 class SamplingSettings(Config):
@@ -116,3 +117,14 @@ def sample(
     response_ids = response_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Samples(encoded["input_ids"], encoded["attention_mask"], response_ids, mask, texts)
+
+
+def response_sequences(samples: Samples) -> list[TokenSequence]:
+    """Each row as its unpadded prompt followed by its response through EOS, the response marked for scoring."""
+    rows = []
+    for p_ids, p_mask, r_ids, r_mask in zip(
+        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask, strict=True
+    ):
+        prompt, response = p_ids[p_mask.bool()].tolist(), r_ids[r_mask.bool()].tolist()
+        rows.append(TokenSequence(prompt + response, [0] * len(prompt) + [1] * len(response)))
+    return rows

@@ -15,9 +15,8 @@ from pydantic import Field
 
 from rlhfkit.config import Config
 from rlhfkit.data.records import Text
-from rlhfkit.labeling.simulated import gold_function
-from rlhfkit.reward.ensemble import ENSEMBLE_FILE, load_reward_model
-from rlhfkit.reward.model import CONFIG_FILE
+from rlhfkit.reward.ensemble import is_reward_model, load_reward_model
+from rlhfkit.scores import gold_function
 
 Scorer = Callable[[list[Text], list[Text]], torch.Tensor]
 
@@ -28,11 +27,6 @@ class RewardSource(Config):
     source: str = Field(description="reward-model directory, or a function: vader, length, python:module:function")
     weight: float = Field(1.0, description="weight of this term in the sum")
     heads: dict[str, float] | None = Field(None, description="reward-model head weights (default: the saved ones)")
-
-
-def is_reward_model(source: str) -> bool:
-    path = Path(source)
-    return (path / CONFIG_FILE).exists() or (path / ENSEMBLE_FILE).exists()
 
 
 def source_name(source: str) -> str:

@@ -30,16 +30,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
 from rlhfkit.config import ConfigError
-from rlhfkit.data.readers import DataError
-from rlhfkit.data.records import Text, load_records
+from rlhfkit.data.corpus import blocks, read_paragraphs
+from rlhfkit.data.records import Text, load_records, read_prompts
+from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import GoldFunction, gold_function
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
-from rlhfkit.ppo.rewards import CombinedReward, RewardSource, is_reward_model
+from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.rollout import (
     RewardShaping,
     Rollout,
@@ -48,9 +48,8 @@ from rlhfkit.ppo.rollout import (
     gather_tokens,
     row_seeds,
 )
-from rlhfkit.pretrain.corpus import read_paragraphs
-from rlhfkit.pretrain.train import blocks
-from rlhfkit.sft.tokenize import tokenize_sft
+from rlhfkit.reward.ensemble import is_reward_model
+from rlhfkit.scores import GoldFunction, gold_function
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
@@ -361,13 +360,6 @@ def value_learning_rates(model: ActorCritic, config: PPOConfig) -> dict[torch.nn
         return {}
     critic = torch.nn.ModuleList([model.value_head] + ([model.critic] if model.critic is not None else []))
     return {critic: config.value_learning_rate}
-
-
-def read_prompts(path: str, limit: int | None = None) -> list[Text]:
-    records = load_records(assets.resolve(path), "prompt")
-    if not records:
-        raise DataError(f"{path}: no prompts")
-    return [r.prompt for r in records][:limit]
 
 
 def load_ptx(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> list[TokenSequence]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlhfkit.data.records import Text
-from rlhfkit.reward.model import RewardModel, RewardScores, combine
+from rlhfkit.reward.model import CONFIG_FILE, RewardModel, RewardScores, combine
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -88,3 +88,9 @@ def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
     """The reward model or ensemble saved in `path` (by `rlhfkit reward`); `.score(prompts, responses)`."""
     path = Path(path)
     return RewardEnsemble.load(path) if (path / ENSEMBLE_FILE).exists() else RewardModel.load(path)
+
+
+def is_reward_model(source: str) -> bool:
+    """Whether `source` is a directory `rlhfkit reward` saved (one model or an ensemble)."""
+    path = Path(source)
+    return (path / CONFIG_FILE).exists() or (path / ENSEMBLE_FILE).exists()
