@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from rlhfkit.cli import app
 from rlhfkit.data.readers import DataError, Row, read_rows
 from rlhfkit.data.records import load_records
 from rlhfkit.feedback.export import export_records, write_records
@@ -20,6 +19,7 @@ from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import sample_replies
 from rlhfkit.generation.sampling import SamplingSettings
 
+app = typer.Typer()  # serve and export; the CLI adds them to `rlhfkit`
 feedback_app = typer.Typer(
     help="The feedback store: users, projects, items, assignments, statistics.", no_args_is_help=True
 )
