@@ -16,7 +16,7 @@ import typer
 from pydantic import BaseModel
 from rich.markup import escape
 
-from rlhfkit.config import ConfigError, config_help, load_config
+from rlhfkit.config import Config, ConfigError, config_help, load_config
 from rlhfkit.control.train import ControlConfig, control
 from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
@@ -63,7 +63,7 @@ def fields_table(cls: type[BaseModel]) -> str:
     return header + "\n\n" + "\n".join(lines)
 
 
-def stage_command(name: str, config_cls: type[BaseModel], help_text: str, group: typer.Typer = app) -> Callable:
+def stage_command(name: str, config_cls: type[Config], help_text: str, group: typer.Typer = app) -> Callable:
     """Register `rlhfkit [GROUP] NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
 
     resumable = "resume" in config_cls.model_fields  # stages without checkpoints do not offer --resume

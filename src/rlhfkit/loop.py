@@ -26,7 +26,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from rich.console import Console
@@ -234,7 +234,11 @@ class Loop:
         )
 
     def optimise(self, round_index: int, out: Path) -> None:
-        update = {"model": self.policy(round_index), "ref_model": self.config.model, "output_dir": str(out)}
+        update: dict[str, Any] = {
+            "model": self.policy(round_index),
+            "ref_model": self.config.model,
+            "output_dir": str(out),
+        }
         if self.config.optimizer == "ppo":
             reward_dir = str(self.dir(round_index, "reward"))
             prompts = str(self.dir(round_index, "sample") / "prompts.jsonl")

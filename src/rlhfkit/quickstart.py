@@ -25,7 +25,7 @@ from rich.table import Table
 from rlhfkit import assets
 from rlhfkit.config import Config
 from rlhfkit.data.convert import best_vs_worst
-from rlhfkit.data.records import load_records
+from rlhfkit.data.records import Text, load_records
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
@@ -85,7 +85,7 @@ class QuickstartConfig(Config):
     )
 
 
-def samples_for(model_path: str, prompts: list[str], config: QuickstartConfig) -> list[str]:
+def samples_for(model_path: str, prompts: list[Text], config: QuickstartConfig) -> list[str]:
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, tokenizer).eval()
     torch.manual_seed(config.seed)
@@ -190,13 +190,13 @@ def quickstart(config: QuickstartConfig) -> None:
     console.print(f"report: [bold]{page}[/bold]")
 
 
-def print_samples(prompts: list[str], continuations: dict[str, list[str]]) -> None:
+def print_samples(prompts: list[Text], continuations: dict[str, list[str]]) -> None:
     """One row per prompt, one column per model."""
     table = Table(show_lines=True)
     for column in ("prompt", *continuations):
         table.add_column(column, overflow="fold")
     for prompt, *row in zip(prompts, *continuations.values(), strict=True):
-        table.add_row(prompt, *row)
+        table.add_row(str(prompt), *row)
     console.print(table)
 
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.config import ConfigError
+from rlhfkit.data.records import Text
 
-GoldFunction = Callable[[str, str], float]  # (prompt, response) -> score, higher is better
+GoldFunction = Callable[[Text, str], float]  # (prompt, response) -> score, higher is better
 
 
 @functools.cache
@@ -39,12 +40,12 @@ def _vader():
     return SentimentIntensityAnalyzer()
 
 
-def vader(prompt: str, response: str) -> float:
+def vader(prompt: Text, response: str) -> float:
     """VADER's compound sentiment of the response, in [-1, 1] (Hutto & Gilbert 2014)."""
     return _vader().polarity_scores(response)["compound"]
 
 
-def length(prompt: str, response: str) -> float:
+def length(prompt: Text, response: str) -> float:
     """Number of words of the response."""
     return float(len(response.split()))
 

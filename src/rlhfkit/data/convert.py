@@ -13,11 +13,19 @@ import json
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
 
 T = TypeVar("T")
+
+
+class _HasPrompt(Protocol):
+    @property
+    def prompt(self) -> Text | None: ...
+
+
+P = TypeVar("P", bound=_HasPrompt)
 
 
 def ranking_to_pairs(r: RankingRecord, include_ties: bool = False) -> list[PreferenceRecord]:
@@ -85,12 +93,12 @@ def _pairs(
     return pairs
 
 
-def prompt_key(prompt: Text) -> Hashable:
+def prompt_key(prompt: Text | None) -> Hashable:
     """A hashable stand-in for a prompt, so chat prompts (lists of messages) can group records too."""
-    return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
+    return prompt if prompt is None or isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
 
 
-def split_by_prompt(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+def split_by_prompt(items: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
     """(train, held-out) items (anything with a `.prompt`): a seeded `fraction` of the prompts is held out.
 
     By prompt, not by row: the pairs of one ranking, or of one prompt's ratings, stay on one side, so

@@ -26,7 +26,8 @@ def split_held_out(paragraphs: list[str], every: int, run: int = 20) -> tuple[li
 
     Contiguous runs keep held-out text out of the training context windows around it.
     """
-    train, held_out = [], []
+    train: list[str] = []
+    held_out: list[str] = []
     for i, p in enumerate(paragraphs):
         (held_out if (i // run) % every == 0 else train).append(p)
     return train, held_out

@@ -108,10 +108,10 @@ def sample_policies(
     seeds = [hash((config.seed, row)) % (2**63) for row in range(len(prompts))]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(names[0])
-    reference = load_model(names[0], tokenizer).to(device).eval()
+    reference = load_model(names[0], tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
     texts, results = {}, {}
     for name in names:
-        policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()
+        policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
         console.print(f"sampling {len(prompts)} replies from {name}")
         samples = sample_with_kl(policy, reference, tokenizer, prompts, config.sampling, config.batch_size, seeds)
         texts[name] = samples.texts

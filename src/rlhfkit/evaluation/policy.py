@@ -6,16 +6,16 @@ The KL is the sampled estimate KL(π || π_ref) ≈ mean over response tokens of
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfkit.data.records import Text
 from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
 from rlhfkit.models.logprobs import lm_parts, target_logprobs
-from rlhfkit.scores import distinct_n
+from rlhfkit.scores import GoldFunction, distinct_n
 from rlhfkit.training.batching import TokenSequence, pad_batch
 
 
@@ -62,9 +62,7 @@ def sample_with_kl(
     return PolicySamples(texts, kl_sum, tokens)
 
 
-def sample_metrics(
-    prompts: list[Any], samples: PolicySamples, gold: Callable[[str, str], float] | None
-) -> dict[str, float]:
+def sample_metrics(prompts: list[Any], samples: PolicySamples, gold: GoldFunction | None) -> dict[str, float]:
     """eval/gold (mean) and eval/positive (share of gold > 0) when a gold score is given, eval/kl (nats/token),
     eval/kl_per_response (nats), eval/distinct2, eval/length (tokens per response)."""
     metrics = {}
@@ -83,8 +81,8 @@ def evaluate_policy(
     policy: PreTrainedModel,
     reference: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    gold: Callable[[str, str], float],
+    prompts: list[Text],
+    gold: GoldFunction,
     settings: SamplingSettings,
     batch_size: int = 64,
     seeds: list[int] | None = None,

@@ -232,7 +232,7 @@ def _register_admin(app: FastAPI, page: Any) -> None:
             lambda s: s.create_project(
                 str(form["name"]),
                 str(form["task"]),
-                int(form.get("per_item") or 1),
+                int(str(form.get("per_item") or 1)),
                 str(form.get("instructions") or ""),
                 str(form.get("chat_model") or "") or None,
             ),

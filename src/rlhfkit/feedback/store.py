@@ -377,6 +377,7 @@ class Store:
     def progress(self, project_id: int, user: User) -> Progress:
         with self.reading() as session:
             project = session.get(Project, project_id)
+            assert project is not None, project_id
             counts = select(Judgment.item_id, func.count().label("n")).group_by(Judgment.item_id).subquery()
             items = session.scalar(select(func.count()).where(Item.project_id == project_id)) or 0
             complete = session.scalar(

@@ -117,6 +117,7 @@ def zero_head(hidden_size: int) -> nn.Linear:
 
 def folded_reward_head(model: RewardModel) -> nn.Linear:
     """One linear layer computing Σ_h w_h·(gain_h·(W_h·x + b_h) + bias_h): the reward model's score."""
+    assert model.head is not None, "a causal_lm reward model"  # build_actor_critic checks it
     weights = torch.tensor([model.weights.get(name, 0.0) for name in model.head_names])
     scale = weights * model.gain  # (H,)
     head = nn.Linear(model.head.in_features, 1)

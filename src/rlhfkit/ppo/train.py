@@ -217,9 +217,9 @@ def optimizer_update(
         ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
         ptx_parts = [[state.ptx[i] for i in part] for part in chunks(ptx_rows, config.micro_batch_size)]
         ptx_tokens = global_sum(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
-        for part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
+        for ptx_part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
             with accelerator.no_sync(state.model), accelerator.autocast():
-                nll, count = ptx_loss(state, part)
+                nll, count = ptx_loss(state, ptx_part)
                 accelerator.backward(config.ptx_coef * nll * world / max(ptx_tokens, 1.0))
             metrics.add_total("ptx/loss", nll.detach(), count)
     for i, part in enumerate(parts):
@@ -245,7 +245,7 @@ def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]
         for j, members in enumerate(minibatches(config, step, epoch)):
             update_index = ((step - 1) * config.epochs_per_batch + epoch) * updates_per_epoch + j
             optimizer_update(state, rollout, members, update_index, metrics)
-    return metrics.mean(state.accelerator) | {"train/lr": state.scheduler.get_last_lr()[0]}
+    return metrics.mean(state.accelerator) | {"train/lr": float(state.scheduler.get_last_lr()[0])}
 
 
 @dataclass(frozen=True)
