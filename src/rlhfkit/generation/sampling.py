@@ -107,7 +107,7 @@ def sample(
         temperature=settings.temperature if native else None,
         top_p=settings.top_p if native else None,
         top_k=settings.top_k if native else None,
-        logits_processor=LogitsProcessorList([SeededGumbelSampler(seeds, settings)]) if seeds is not None and seeded else None,
+        logits_processor=LogitsProcessorList([SeededGumbelSampler(seeds or [], settings)]) if seeded else None,
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,15 +1,8 @@
 """`rlhfkit label simulate`: judge sampled replies with a gold score and a model of a noisy labeler.
 
-The labeler prefers A to B with probability
-
-    P(A ≻ B) = (1 - ε)·sigma((s_A - s_B) / T) + ε/2
-
-where s is the gold score of a reply, T a temperature (0: always the higher score) and ε the chance of
-answering uniformly at random (Christiano et al. 2017, arXiv:1706.03741, section 2.2.3, take ε = 0.1).
-One judgement per prompt is drawn as one noisy utility per reply, u = s/T + g with g ~ Gumbel(0, 1):
-the difference of two Gumbel variables is logistic, so P(u_A > u_B) = sigma((s_A - s_B)/T) exactly, and
-sorting by u draws a Plackett-Luce ranking with those pairwise marginals (the Gumbel-max trick). So a
-prompt's pairs, ranks and ratings all come from one consistent judgement.
+The labeler model (P(A ≻ B) = (1 - ε)·sigma((s_A - s_B) / T) + ε/2, drawn as one set of Gumbel-noised
+utilities per prompt) lives in `scores.py`, so a prompt's pairs, ranks and ratings all come from one
+consistent judgement.
 """
 
 from __future__ import annotations

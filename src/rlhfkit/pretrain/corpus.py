@@ -1,4 +1,4 @@
-"""Plain-text corpora for pretraining: unwrapping, a held-out split, a BPE tokenizer trained on them."""
+"""A BPE tokenizer trained on a plain-text corpus (read and split by `data/corpus.py`), with its chat template."""
 
 from __future__ import annotations
 
