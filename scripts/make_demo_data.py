@@ -19,7 +19,7 @@ from pathlib import Path
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from rlhfkit import assets
-from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out
+from rlhfkit.data.corpus import read_paragraphs, split_held_out
 from rlhfkit.pretrain.train import PretrainConfig
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'_])")

@@ -10,7 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhfkit import assets
-from rlhfkit.pretrain.corpus import read_paragraphs, train_tokenizer
+from rlhfkit.data.corpus import read_paragraphs
+from rlhfkit.pretrain.corpus import train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

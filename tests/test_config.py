@@ -42,9 +42,6 @@ def test_cli_rejects_unknown_field_before_running(capsys: pytest.CaptureFixture[
 
 
 def test_cli_help_lists_every_field_with_default():
-    from rlhfkit.cli import _import_commands
-
-    _import_commands()
     result = CliRunner().invoke(app, ["sft", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for name in SFTConfig.model_fields:

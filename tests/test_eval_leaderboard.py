@@ -3,16 +3,8 @@ import math
 import pytest
 import torch
 
-from rlhfkit.evaluation.leaderboard import (
-    ELO_SCALE,
-    Judgements,
-    anchored,
-    bootstrap_strengths,
-    bradley_terry,
-    elo,
-    leaderboard,
-    win_matrix,
-)
+from rlhfkit.evaluation.leaderboard import ELO_SCALE, anchored, bootstrap_strengths, elo, leaderboard
+from rlhfkit.scores import Judgements, bradley_terry, win_matrix
 
 TRUE = torch.tensor([-1.0, -0.3, 0.4, 0.9], dtype=torch.float64)  # mean 0
 

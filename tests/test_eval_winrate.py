@@ -12,9 +12,9 @@ from rlhfkit.evaluation.winrate import (
     win_rate,
 )
 from rlhfkit.generation.sampling import SamplingSettings, sample
-from rlhfkit.labeling.simulated import length
+from rlhfkit.judging.judges import Choice
 from rlhfkit.models.loading import load_model, load_tokenizer
-from rlhfkit.rlaif.judges import Choice
+from rlhfkit.scores import length
 
 
 def test_wilson_interval_by_hand():

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.evaluation.policy import distinct_n, evaluate_policy, response_sequences
-from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.evaluation.policy import evaluate_policy
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
 from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.scores import distinct_n
 
 
 def test_distinct_n_by_hand():

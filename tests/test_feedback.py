@@ -355,9 +355,6 @@ def test_cli_project_from_generated_replies_and_export(tmp_path, monkeypatch, da
     prompts.write_text('{"prompt": "It is a truth"}\n{"prompt": "Emma was"}\n')
     runner = CliRunner()
     monkeypatch.setenv("RLHFKIT_PASSWORD", "ann-password")
-    from rlhfkit.cli import _import_commands
-
-    _import_commands()
     assert runner.invoke(cli_app, ["feedback", "user", "ann", "--db", db]).exit_code == 0
     result = runner.invoke(
         cli_app,

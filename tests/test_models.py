@@ -6,9 +6,9 @@ import torch
 from transformers import AutoTokenizer
 
 from rlhfkit import assets
+from rlhfkit.data.corpus import blocks, read_paragraphs, split_held_out
 from rlhfkit.models.loading import PAD_TOKEN, ensure_distinct_pad, load_model, load_tokenizer
-from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out
-from rlhfkit.pretrain.train import PretrainConfig, blocks
+from rlhfkit.pretrain.train import PretrainConfig
 from rlhfkit.training.batching import pad_batch
 from rlhfkit.training.lm_trainer import NextTokenLoss
 

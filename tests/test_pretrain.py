@@ -2,8 +2,9 @@ import json
 from pathlib import Path
 
 from rlhfkit.config import load_config
-from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out, train_tokenizer
-from rlhfkit.pretrain.train import PretrainConfig, blocks, pretrain
+from rlhfkit.data.corpus import blocks, read_paragraphs, split_held_out
+from rlhfkit.pretrain.corpus import train_tokenizer
+from rlhfkit.pretrain.train import PretrainConfig, pretrain
 
 
 def test_paragraphs_are_unwrapped_and_held_out_runs_are_contiguous(tmp_path: Path):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.cli import main
-from rlhfkit.quickstart import best_vs_worst
+from rlhfkit.data.convert import best_vs_worst
 
 
 @pytest.mark.slow

@@ -11,16 +11,8 @@ import pytest
 from rlhfkit.cli import main
 from rlhfkit.config import ConfigError
 from rlhfkit.data.records import CandidatesRecord, load_records
-from rlhfkit.labeling.simulated import (
-    competition_ranks,
-    gold_function,
-    label_records,
-    length,
-    likert,
-    noisy_utilities,
-    preference_probability,
-    vader,
-)
+from rlhfkit.labeling.simulated import label_records, likert
+from rlhfkit.scores import competition_ranks, gold_function, length, noisy_utilities, preference_probability, vader
 
 
 def sigmoid(x: float) -> float:

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from rlhfkit.reward.evaluate import expected_calibration_error, pairwise_metrics
+from rlhfkit.reward.evaluate import pairwise_metrics
 from rlhfkit.reward.losses import bradley_terry_loss, ranking_loss
+from rlhfkit.scores import expected_calibration_error
 
 
 def nll(delta: float) -> float:

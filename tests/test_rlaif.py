@@ -15,9 +15,8 @@ from rlhfkit import assets
 from rlhfkit.cli import main
 from rlhfkit.config import ConfigError
 from rlhfkit.data.records import Message, load_records
-from rlhfkit.rlaif.agreement import AgreementConfig, Judged, agreement, agreement_report, agreement_stats
-from rlhfkit.rlaif.constitution import Principle, load_constitution, principle_schedule
-from rlhfkit.rlaif.judges import (
+from rlhfkit.judging.constitution import Principle, load_constitution, principle_schedule
+from rlhfkit.judging.judges import (
     Choice,
     Completion,
     JudgeSettings,
@@ -28,7 +27,8 @@ from rlhfkit.rlaif.judges import (
     parse_choice,
     read_chat_choice,
 )
-from rlhfkit.rlaif.preferences import average_over_orders, comparison_question, rotations, same_position
+from rlhfkit.judging.questions import average_over_orders, comparison_question, rotations, same_position
+from rlhfkit.rlaif.agreement import AgreementConfig, Judged, agreement, agreement_report, agreement_stats
 from rlhfkit.rlaif.revise import critique_and_revise
 
 PRINCIPLE = Principle(name="kind", comparison="Which is kinder?", critique="What is unkind?", revision="Be kinder.")

@@ -19,9 +19,10 @@ import pytest
 
 from rlhfkit.cli import main
 from rlhfkit.data.records import load_records
-from rlhfkit.rlaif.constitution import Principle
-from rlhfkit.rlaif.judges import JudgeSettings, JudgeUnavailable, OpenAIJudge
-from rlhfkit.rlaif.preferences import AILabelConfig, comparison_question, label_ai
+from rlhfkit.judging.constitution import Principle
+from rlhfkit.judging.judges import JudgeSettings, JudgeUnavailable, OpenAIJudge
+from rlhfkit.judging.questions import comparison_question
+from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
 from rlhfkit.rlaif.revise import ReviseConfig, revise
 
 PRINCIPLE = Principle(name="kind", comparison="Which is kinder?", critique="What is unkind?", revision="Be kinder.")

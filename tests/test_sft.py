@@ -7,8 +7,8 @@ import transformers
 
 from rlhfkit.config import load_config
 from rlhfkit.data.records import SFTRecord
+from rlhfkit.data.tokenize import pack, tokenize_sft
 from rlhfkit.models.loading import load_model, load_tokenizer, save_model
-from rlhfkit.sft.tokenize import pack, tokenize_sft
 from rlhfkit.sft.train import SFTConfig, sft
 from rlhfkit.training.batching import pad_batch
 from rlhfkit.training.lm_trainer import NextTokenLoss

@@ -64,7 +64,7 @@ def _fill_sections(cls: type[BaseModel], data: dict[str, Any], default: BaseMode
         if default is not None and name in default.model_fields_set:
             section_default = getattr(default, name)
         else:
-            section_default = field.get_default(call_default_factory=True)
+            section_default = field.get_default(call_default_factory=True) if field is not None else None
         base = section_default.model_dump(exclude_unset=True) if isinstance(section_default, BaseModel) else {}
         given_default = section_default if isinstance(section_default, BaseModel) else None
         filled[name] = {**base, **_fill_sections(section, value, given_default)}

@@ -26,28 +26,29 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from rich.console import Console
 
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
+from rlhfkit.data.convert import best_vs_worst
 from rlhfkit.data.readers import Row
-from rlhfkit.data.records import load_records
+from rlhfkit.data.records import load_records, read_prompts
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.policy import evaluate_policy
 from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
 from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import LabelConfig, gold_function, simulate
+from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.ppo.rewards import RewardSource
-from rlhfkit.ppo.train import PPOConfig, ppo, read_prompts
-from rlhfkit.quickstart import best_vs_worst
+from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
+from rlhfkit.scores import gold_function
 
 console = Console()
 
@@ -234,7 +235,11 @@ class Loop:
         )
 
     def optimise(self, round_index: int, out: Path) -> None:
-        update = {"model": self.policy(round_index), "ref_model": self.config.model, "output_dir": str(out)}
+        update: dict[str, Any] = {
+            "model": self.policy(round_index),
+            "ref_model": self.config.model,
+            "output_dir": str(out),
+        }
         if self.config.optimizer == "ppo":
             reward_dir = str(self.dir(round_index, "reward"))
             prompts = str(self.dir(round_index, "sample") / "prompts.jsonl")

@@ -24,7 +24,8 @@ from rich.table import Table
 
 from rlhfkit import assets
 from rlhfkit.config import Config
-from rlhfkit.data.records import load_records
+from rlhfkit.data.convert import best_vs_worst
+from rlhfkit.data.records import Text, load_records
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
@@ -92,7 +93,7 @@ class QuickstartConfig(Config):
     )
 
 
-def samples_for(model_path: str, prompts: list[str], config: QuickstartConfig) -> list[str]:
+def samples_for(model_path: str, prompts: list[Text], config: QuickstartConfig) -> list[str]:
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, tokenizer).eval()
     torch.manual_seed(config.seed)
@@ -202,26 +203,14 @@ def quickstart(config: QuickstartConfig) -> None:
     console.print(f"report: [bold]{page}[/bold]")
 
 
-def print_samples(prompts: list[str], continuations: dict[str, list[str]]) -> None:
+def print_samples(prompts: list[Text], continuations: dict[str, list[str]]) -> None:
     """One row per prompt, one column per model."""
     table = Table(show_lines=True)
     for column in ("prompt", *continuations):
         table.add_column(column, overflow="fold")
     for prompt, *row in zip(prompts, *continuations.values(), strict=True):
-        table.add_row(prompt, *row)
+        table.add_row(str(prompt), *row)
     console.print(table)
-
-
-def best_vs_worst(rankings: Path, output: Path) -> Path:
-    """One preference pair per ranking: its best reply against its worst (rankings that are all ties are skipped)."""
-    with output.open("w") as f:
-        for line in rankings.read_text().splitlines():
-            row = json.loads(line)
-            best, worst = row["ranks"].index(min(row["ranks"])), row["ranks"].index(max(row["ranks"]))
-            if row["ranks"][best] != row["ranks"][worst]:
-                pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
-                f.write(json.dumps(pair) + "\n")
-    return output
 
 
 def reward_prompts(count: int) -> list:

@@ -8,6 +8,7 @@ for the observations. Imported only by `rlhfkit control`, with the control extra
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +45,7 @@ class LearnedRewardEnv(VecEnvWrapper):
         return [get_state(sim) for sim in self._sims] if self._sims else [None] * self.num_envs
 
     def reset(self) -> np.ndarray:
-        self._obs = self.venv.reset()
+        self._obs = cast(np.ndarray, self.venv.reset())  # Box observations: one array
         self._states = self._sim_states()
         self._steps = [[] for _ in range(self.num_envs)]  # an interrupted episode is not recorded
         return self._obs
@@ -54,7 +55,8 @@ class LearnedRewardEnv(VecEnvWrapper):
         self.venv.step_async(actions)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        obs, true_rewards, dones, infos = self.venv.step_wait()  # obs: the next episode's first after a done
+        next_obs, true_rewards, dones, infos = self.venv.step_wait()  # the next episode's first after a done
+        obs = cast(np.ndarray, next_obs)  # Box observations: one array
         for i, steps in enumerate(self._steps):
             steps.append((self._obs[i], self._actions[i], float(true_rewards[i]), self._states[i]))
             if dones[i]:

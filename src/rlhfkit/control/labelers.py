@@ -9,16 +9,15 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
 from rlhfkit.control.render import render_clip, render_env, render_segment
 from rlhfkit.control.segments import SegmentPairs
 from rlhfkit.data.readers import Row
-from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
-from rlhfkit.feedback.tasks import Payload
-from rlhfkit.labeling.simulated import preference_probability
+from rlhfkit.feedback.queue import HumanLabelSettings, Payload, request_judgments
+from rlhfkit.scores import preference_probability
 
 if TYPE_CHECKING:
     from rlhfkit.control.train import ControlConfig
@@ -90,7 +89,13 @@ class HumanLabeler:
             for k in range(len(pairs)):
                 sides = (pairs.first[k : k + 1], pairs.second[k : k + 1])
                 media = [
-                    str(render_clip(render_segment(env, side.states[0]), directory / f"pair-{k + 1}-{name}.mp4", fps))
+                    str(
+                        render_clip(
+                            render_segment(env, cast(np.ndarray, side.states)[0]),
+                            directory / f"pair-{k + 1}-{name}.mp4",
+                            fps,
+                        )
+                    )
                     for side, name in zip(sides, "ab", strict=True)
                 ]
                 row = {"prompt": prompt, "responses": [self._describe(side.mask[0]) for side in sides], "media": media}

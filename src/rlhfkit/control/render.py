@@ -91,7 +91,7 @@ def render_clip(frames: Sequence[np.ndarray] | np.ndarray, path: str | Path, fps
     path.parent.mkdir(parents=True, exist_ok=True)
     with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1) as writer:
         for frame in frames:
-            writer.append_data(_even(np.asarray(frame, dtype=np.uint8)))
+            writer.append_data(_even(np.asarray(frame, dtype=np.uint8)))  # type: ignore[attr-defined]  # v2 Writer's
     return path
 
 

@@ -83,6 +83,11 @@ class EnsembleLinear(nn.Module):
 class RewardEnsemble(nn.Module):
     """K reward predictors r̂_k(o, a), inputs standardised by statistics of the labelled segments."""
 
+    input_mean: torch.Tensor  # buffers, see __init__
+    input_std: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, obs_dim: int, act_dim: int, members: int = 3, hidden: int = 64) -> None:
         super().__init__()
         n_in = obs_dim + act_dim

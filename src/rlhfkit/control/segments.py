@@ -34,7 +34,7 @@ class Segments:
         return len(self.mask)
 
     def __getitem__(self, index: np.ndarray | slice) -> Segments:
-        return Segments(**{f.name: _index(getattr(self, f.name), index) for f in fields(self)})
+        return Segments(**{f.name: _index(getattr(self, f.name), index) for f in fields(self)})  # type: ignore[arg-type]  # None only for `states`
 
     def true_returns(self) -> np.ndarray:
         """Σ_t r(s_t, a_t) of the environment's own reward, per segment: (N,). Padding adds 0."""
@@ -43,7 +43,7 @@ class Segments:
     @staticmethod
     def concat(parts: list[Segments]) -> Segments:
         """The parts one after the other; states only when every part has them."""
-        return Segments(**{f.name: _concat([getattr(p, f.name) for p in parts]) for f in fields(Segments)})
+        return Segments(**{f.name: _concat([getattr(p, f.name) for p in parts]) for f in fields(Segments)})  # type: ignore[arg-type]  # None only for `states`
 
 
 def _index(array: np.ndarray | None, index: np.ndarray | slice) -> np.ndarray | None:
@@ -51,7 +51,8 @@ def _index(array: np.ndarray | None, index: np.ndarray | slice) -> np.ndarray | 
 
 
 def _concat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-    return None if any(a is None for a in arrays) else np.concatenate(arrays)
+    present = [a for a in arrays if a is not None]
+    return None if len(present) < len(arrays) else np.concatenate(present)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -150,7 +150,7 @@ def _evaluate(config: ControlConfig, venv: VecEnv, agent: PPO) -> dict[str, floa
 
     env = evaluation_env(config.env, config.seed + 10_000, venv)
     mean, std = evaluate_policy(agent, env, n_eval_episodes=config.eval_episodes, deterministic=True)
-    return {"eval/true_return": float(mean), "eval/true_return_std": float(std)}
+    return {"eval/true_return": float(cast(float, mean)), "eval/true_return_std": float(cast(float, std))}
 
 
 def control(config: ControlConfig) -> Path:

@@ -9,10 +9,11 @@ case they come back as `tie=True` pairs for losses that use them.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
 
@@ -37,6 +38,14 @@ def apply_tie_policy(
 def ties_path(output: Path) -> Path:
     """Where `separate` writes the ties: `labels.jsonl` -> `labels.ties.jsonl` (a directory: `name.ties`)."""
     return output.with_name(f"{output.stem}.ties{output.suffix}")
+
+
+class _HasPrompt(Protocol):
+    @property
+    def prompt(self) -> Text | None: ...
+
+
+P = TypeVar("P", bound=_HasPrompt)
 
 
 def ranking_to_pairs(r: RankingRecord, include_ties: bool = False) -> list[PreferenceRecord]:
@@ -104,12 +113,12 @@ def _pairs(
     return pairs
 
 
-def prompt_key(prompt: Text) -> Hashable:
+def prompt_key(prompt: Text | None) -> Hashable:
     """A hashable stand-in for a prompt, so chat prompts (lists of messages) can group records too."""
-    return prompt if isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
+    return prompt if prompt is None or isinstance(prompt, str) else tuple((m.role, m.content) for m in prompt)
 
 
-def split_by_prompt(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+def split_by_prompt(items: Sequence[P], fraction: float, seed: int) -> tuple[list[P], list[P]]:
     """(train, held-out) items (anything with a `.prompt`): a seeded `fraction` of the prompts is held out.
 
     By prompt, not by row: the pairs of one ranking, or of one prompt's ratings, stay on one side, so
@@ -127,3 +136,15 @@ _TO_PREFERENCES: dict[str, Callable[[Iterable[Any]], list[PreferenceRecord]]] = 
     "rating": ratings_to_pairs,
     "edit": lambda records: [edit_to_pair(record) for record in records],
 }
+
+
+def best_vs_worst(rankings: Path, output: Path) -> Path:
+    """One preference pair per ranking: its best reply against its worst (rankings that are all ties are skipped)."""
+    with output.open("w") as f:
+        for line in rankings.read_text().splitlines():
+            row = json.loads(line)
+            best, worst = row["ranks"].index(min(row["ranks"])), row["ranks"].index(max(row["ranks"]))
+            if row["ranks"][best] != row["ranks"][worst]:
+                pair = {"prompt": row["prompt"], "chosen": row["responses"][best], "rejected": row["responses"][worst]}
+                f.write(json.dumps(pair) + "\n")
+    return output

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, cast, get_args, overload
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from rlhfkit import assets
 from rlhfkit.data.readers import DataError, read_rows
 
 InstructGPTFlag = Literal[
@@ -78,7 +79,7 @@ def _forms(value: Text | list[Text]) -> set[str]:
         return {"text"}
     if all(isinstance(item, Message) for item in value):
         return {"chat"}
-    return set().union(*map(_forms, value))
+    return set().union(*(_forms(cast(Text, item)) for item in value))
 
 
 class Record(_Model):
@@ -88,6 +89,8 @@ class Record(_Model):
     """
 
     _text_fields: ClassVar[tuple[str, ...]]
+    if TYPE_CHECKING:  # every record type has a prompt (an SFT conversation's is None); pydantic must not see it
+        prompt: Text | None
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -240,7 +243,13 @@ RECORD_TYPES: dict[str, type[Record]] = {
 }
 
 
-def load_records(path: str | os.PathLike[str], kind: str) -> list[Record]:
+@overload
+def load_records(path: str | os.PathLike[str], kind: Literal["prompt"]) -> list[PromptRecord]: ...
+@overload
+def load_records(path: str | os.PathLike[str], kind: Literal["sft"]) -> list[SFTRecord]: ...
+@overload
+def load_records(path: str | os.PathLike[str], kind: str) -> list[Record]: ...
+def load_records(path: str | os.PathLike[str], kind: str) -> list[Any]:
     """Every row of a dataset file validated as `kind`; the first bad row raises DataError at its location."""
     model = _record_type(kind)
     records = [_validate(model, row.data, row.location) for row in read_rows(path)]
@@ -249,6 +258,12 @@ def load_records(path: str | os.PathLike[str], kind: str) -> list[Record]:
     return records
 
 
+@overload
+def validate_record(data: Mapping[str, Any], kind: Literal["sft"], location: str) -> SFTRecord: ...
+@overload
+def validate_record(data: Mapping[str, Any], kind: Literal["candidates"], location: str) -> CandidatesRecord: ...
+@overload
+def validate_record(data: Mapping[str, Any], kind: str, location: str) -> Record: ...
 def validate_record(data: Mapping[str, Any], kind: str, location: str) -> Record:
     """One row validated as `kind`; errors are reported at `location` (a DataError)."""
     return _validate(_record_type(kind), data, location)
@@ -293,3 +308,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _preview(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 3] + "..."
+
+
+def read_prompts(path: str, limit: int | None = None) -> list[Text]:
+    """The prompts of a prompt-records file (or packaged asset), the first `limit` of them; none is an error."""
+    records = load_records(assets.resolve(path), "prompt")
+    if not records:
+        raise DataError(f"{path}: no prompts")
+    return [r.prompt for r in records][:limit]

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from rlhfkit.data.convert import prompt_key, to_preferences
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import PreferenceRecord, Record, SFTRecord, Text, UnpairedRecord
-from rlhfkit.sft.tokenize import tokenize_sft
+from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.training.batching import TokenSequence
 
 Kind = Literal["preference", "ranking", "rating", "edit", "unpaired"]  # record kinds DPO and KTO read

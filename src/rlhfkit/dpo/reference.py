@@ -23,8 +23,8 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel
 
+from rlhfkit.models.logprobs import lm_parts, target_logprobs
 from rlhfkit.training.batching import TokenSequence, chunks, pad_batch, shard
-from rlhfkit.training.lm_trainer import lm_parts, target_logprobs
 
 
 class SequenceLogprobs(nn.Module):

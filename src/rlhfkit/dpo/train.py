@@ -229,6 +229,8 @@ def load_examples(
     config: DPOConfig, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[Example], list[Example], list[str]]:
     """(train, held-out, notes): records read, split by prompt unless eval_data is given, then tokenized."""
+    if config.data is None:
+        raise ConfigError("dpo: `data` is required (a file of judgements)")
     records = load_records(assets.resolve(config.data), config.data_kind)
     if config.eval_data is not None:
         held = load_records(assets.resolve(config.eval_data), config.data_kind)

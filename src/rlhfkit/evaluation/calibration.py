@@ -37,8 +37,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
 from rlhfkit.data.readers import DataError, read_rows
-from rlhfkit.reward.evaluate import expected_calibration_error
-from rlhfkit.rlaif.judges import choice_distribution
+from rlhfkit.judging.judges import choice_distribution
+from rlhfkit.scores import expected_calibration_error
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -217,7 +217,7 @@ def letter_probabilities(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[ProbeItem], batch_size: int = 32
 ) -> torch.Tensor:
     """(N, K): the next-token probabilities of the letters after `letter_prompt`, "A" and " A" merged,
-    normalised over the item's letters (`rlaif.judges.choice_distribution`)."""
+    normalised over the item's letters (`judging.judges.choice_distribution`)."""
     out = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
@@ -312,11 +312,9 @@ def write_cloze_probe(path: str | Path, count: int = 300, seed: int = 0) -> Path
     (with its default `held_out_every`, as `tiny-austen` was trained), so no passage was trained on."""
     import json
 
-    from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out
-    from rlhfkit.pretrain.train import PretrainConfig
+    from rlhfkit.data.corpus import HELD_OUT_EVERY, read_paragraphs, split_held_out
 
-    every = PretrainConfig.model_fields["held_out_every"].default
-    _, held_out = split_held_out(read_paragraphs(Path(assets.resolve("austen"))), every)
+    _, held_out = split_held_out(read_paragraphs(Path(assets.resolve("austen"))), HELD_OUT_EVERY)
     path = Path(path)
     path.write_text("".join(json.dumps(item) + "\n" for item in cloze_items(held_out, count, seed)))
     return path

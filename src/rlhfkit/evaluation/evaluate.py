@@ -33,13 +33,13 @@ from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError, dump_config
 from rlhfkit.data.records import Text, load_records
 from rlhfkit.evaluation.calibration import ProbeItem, load_probe, probe_calibration
-from rlhfkit.evaluation.leaderboard import Judgements, leaderboard
+from rlhfkit.evaluation.leaderboard import leaderboard
 from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
 from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import GoldFunction, gold_function
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.reward.ensemble import load_reward_model
+from rlhfkit.scores import GoldFunction, Judgements, gold_function
 
 console = Console()
 
@@ -108,10 +108,10 @@ def sample_policies(
     seeds = [hash((config.seed, row)) % (2**63) for row in range(len(prompts))]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(names[0])
-    reference = load_model(names[0], tokenizer).to(device).eval()
+    reference = load_model(names[0], tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
     texts, results = {}, {}
     for name in names:
-        policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()
+        policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
         console.print(f"sampling {len(prompts)} replies from {name}")
         samples = sample_with_kl(policy, reference, tokenizer, prompts, config.sampling, config.batch_size, seeds)
         texts[name] = samples.texts

@@ -29,79 +29,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from rlhfkit.scores import Judgements, bradley_terry, win_matrix
+
 ELO_SCALE = 400 / math.log(10)  # Elo points per unit of θ: P(i ≻ j) = 1 / (1 + 10^(-(R_i - R_j)/400))
 ELO_BASE = 1000.0
-
-
-@dataclass(frozen=True)
-class Judgements:
-    """G pairwise judgements: `score` is what `first` scored against `second` (1 win, 0.5 tie, 0 loss)."""
-
-    first: torch.Tensor  # (G,) long, player index
-    second: torch.Tensor  # (G,) long
-    score: torch.Tensor  # (G,) float in [0, 1]
-
-    @classmethod
-    def of(cls, games: list[tuple[int, int, float]]) -> Judgements:
-        """From (first, second, score) triples."""
-        first, second, score = zip(*games, strict=True) if games else ((), (), ())
-        return cls(
-            torch.tensor(first, dtype=torch.long),
-            torch.tensor(second, dtype=torch.long),
-            torch.tensor(score, dtype=torch.float64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.score)
-
-
-def win_matrix(judgements: Judgements, players: int, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """W: (..., P, P), W_ij = points i scored against j (ties half to each), each game weighted by `weights`
-    ((..., G) counts, e.g. of a bootstrap resample; default 1)."""
-    score = judgements.score.double()
-    weights = torch.ones_like(score) if weights is None else weights.double()
-    batch = weights.shape[:-1]
-    forward = judgements.first * players + judgements.second  # (G,) flat index of W_ij
-    backward = judgements.second * players + judgements.first
-    wins = torch.zeros(*batch, players * players, dtype=torch.float64)
-    wins.index_add_(-1, forward, weights * score).index_add_(-1, backward, weights * (1 - score))
-    return wins.view(*batch, players, players)
-
-
-def bradley_terry(
-    wins: torch.Tensor, prior: float = 1.0, iterations: int = 100, tolerance: float = 1e-10
-) -> torch.Tensor:
-    """θ: (..., P) maximum-likelihood strengths (mean 0) from win matrices (..., P, P), by Newton's method
-    on the concave log-likelihood of the module docstring with `prior` tied games per player against a
-    virtual player of θ = 0:
-
-        g_i = W_i - Σ_j N_ij σ(θ_i - θ_j) + prior·(1/2 - σ(θ_i))                       (gradient)
-        I_ii = Σ_j N_ij p_ij (1 - p_ij) + prior·σ(θ_i)(1 - σ(θ_i)),  I_ij = -N_ij p_ij (1 - p_ij)   (-Hessian)
-        θ ← θ + I⁻¹ g,
-
-    each step shrunk to move no θ by more than 1 (a damped start far from the optimum), until no θ moves
-    more than `tolerance` (quadratic convergence: a handful of steps), at most `iterations` steps. I is
-    positive definite with a prior; without one, θ is fitted up to its mean (g sums to 0).
-    """
-    wins = wins.double()
-    games = wins + wins.transpose(-1, -2)  # N_ij
-    points = wins.sum(-1)  # W_i
-    if prior == 0 and torch.any(points == 0):
-        raise ValueError("a player without a single point has strength -inf: use prior > 0")
-    theta = torch.zeros(wins.shape[:-1], dtype=torch.float64)  # (..., P)
-    ridge = 1e-9 * torch.eye(wins.shape[-1], dtype=torch.float64)  # only the flat direction θ + c when prior = 0
-    for _ in range(iterations):
-        p = torch.sigmoid(theta.unsqueeze(-1) - theta.unsqueeze(-2))  # p_ij, (..., P, P)
-        q = torch.sigmoid(theta)  # σ(θ_i): P(i ≻ the virtual player)
-        gradient = points - (games * p).sum(-1) + prior * (0.5 - q)
-        curvature = games * p * (1 - p)
-        information = torch.diag_embed(curvature.sum(-1) + prior * q * (1 - q)) - curvature + ridge
-        step = torch.linalg.solve(information, gradient)
-        largest = step.abs().amax(-1, keepdim=True)
-        theta = theta + step / largest.clamp(min=1.0)
-        if largest.max() < tolerance:
-            break
-    return theta - theta.mean(-1, keepdim=True)
 
 
 def anchored(theta: torch.Tensor, anchor: int | None = None) -> torch.Tensor:

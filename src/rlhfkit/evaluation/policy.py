@@ -6,33 +6,17 @@ The KL is the sampled estimate KL(π || π_ref) ≈ mean over response tokens of
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhfkit.generation.sampling import Samples, SamplingSettings, sample
+from rlhfkit.data.records import Text
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
+from rlhfkit.models.logprobs import lm_parts, target_logprobs
+from rlhfkit.scores import GoldFunction, distinct_n
 from rlhfkit.training.batching import TokenSequence, pad_batch
-from rlhfkit.training.lm_trainer import lm_parts, target_logprobs
-
-
-def distinct_n(texts: list[str], n: int = 2) -> float:
-    """Distinct n-grams over all n-grams of the word sequences (Li et al. 2016): 0 = repetitive, 1 = varied."""
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
-def response_sequences(samples: Samples) -> list[TokenSequence]:
-    """Each row as its unpadded prompt followed by its response through EOS, the response marked for scoring."""
-    rows = []
-    for p_ids, p_mask, r_ids, r_mask in zip(
-        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask, strict=True
-    ):
-        prompt, response = p_ids[p_mask.bool()].tolist(), r_ids[r_mask.bool()].tolist()
-        rows.append(TokenSequence(prompt + response, [0] * len(prompt) + [1] * len(response)))
-    return rows
 
 
 @torch.no_grad()
@@ -78,9 +62,7 @@ def sample_with_kl(
     return PolicySamples(texts, kl_sum, tokens)
 
 
-def sample_metrics(
-    prompts: list[Any], samples: PolicySamples, gold: Callable[[str, str], float] | None
-) -> dict[str, float]:
+def sample_metrics(prompts: list[Any], samples: PolicySamples, gold: GoldFunction | None) -> dict[str, float]:
     """eval/gold (mean) and eval/positive (share of gold > 0) when a gold score is given, eval/kl (nats/token),
     eval/kl_per_response (nats), eval/distinct2, eval/length (tokens per response)."""
     metrics = {}
@@ -99,8 +81,8 @@ def evaluate_policy(
     policy: PreTrainedModel,
     reference: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    gold: Callable[[str, str], float],
+    prompts: list[Text],
+    gold: GoldFunction,
     settings: SamplingSettings,
     batch_size: int = 64,
     seeds: list[int] | None = None,

@@ -369,7 +369,8 @@ def leaderboard_section(runs: list[Run]) -> str:
                     fmt(m.get("eval/distinct2"), 2),
                 ]
             )
-        reward_names = list(next(iter(policies.values()), {}).get("reward_models", {}))
+        first: dict[str, Any] = next(iter(policies.values()), {})
+        reward_names = list(first.get("reward_models", {}))
         header = ["policy", "rating (Elo scale)", "win-rate vs reference", "gold", *map(esc, reward_names)]
         header += ["KL (nats/token)", "length (tokens)", "distinct-2"]
         confidence = board["confidence"] if board else 0.95

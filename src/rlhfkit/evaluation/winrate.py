@@ -31,10 +31,10 @@ from pydantic import Field
 
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import Text
-from rlhfkit.labeling.simulated import GoldFunction, noisy_utilities
-from rlhfkit.rlaif.constitution import load_constitution, principle_schedule
-from rlhfkit.rlaif.judges import JudgeSettings, make_judge
-from rlhfkit.rlaif.preferences import average_over_orders, comparison_question, rotations, text_of
+from rlhfkit.judging.constitution import load_constitution, principle_schedule
+from rlhfkit.judging.judges import JudgeSettings, make_judge
+from rlhfkit.judging.questions import average_over_orders, comparison_question, rotations, text_of
+from rlhfkit.scores import GoldFunction, noisy_utilities
 
 Compare = Callable[[Sequence[Text], Sequence[str], Sequence[str]], list[float | None]]
 
@@ -103,7 +103,7 @@ class LabelerSettings(Config):
 
 
 def simulated_labeler(settings: LabelerSettings, gold: GoldFunction | None) -> Compare:
-    """First ≻ second when its noisy utility is higher (`labeling.simulated.noisy_utilities`); equal: a tie."""
+    """First ≻ second when its noisy utility is higher (`scores.noisy_utilities`); equal: a tie."""
     if gold is None:
         raise ConfigError("labeler.kind=simulated needs a gold score: set gold (e.g. vader)")
     rng = random.Random(settings.seed)

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from rlhfkit.cli import app
 from rlhfkit.data.convert import TiePolicy, apply_tie_policy, ties_path
 from rlhfkit.data.readers import DataError, Row, read_rows
 from rlhfkit.data.records import load_records
@@ -21,6 +20,7 @@ from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.generate import sample_replies
 from rlhfkit.generation.sampling import SamplingSettings
 
+app = typer.Typer()  # serve and export; the CLI adds them to `rlhfkit`
 feedback_app = typer.Typer(
     help="The feedback store: users, projects, items, assignments, statistics.", no_args_is_help=True
 )

@@ -64,4 +64,5 @@ def request_judgments(
                 raise TimeoutError(f"project {name!r}: {complete} of {len(items)} items judged when time ran out")
             time.sleep(settings.poll_seconds)
     consensus = TASKS[task].consensus
+    assert consensus is not None, f"task {task!r} has no consensus"  # callers ask for rank or pairwise judgments
     return [(item, consensus(payloads[item.id][: settings.per_item])) for item in items]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from statistics import median
-from typing import Any
+from typing import Any, Literal, cast
 
 import krippendorff
 import numpy as np
@@ -58,8 +58,10 @@ class ProjectStats:
 def unit_values(task: Task, rows: Sequence[JudgmentRow]) -> dict[tuple[int, Any], dict[str, Any]]:
     """(item id, unit) -> {annotator: value} over every judgment."""
     values: dict[tuple[int, Any], dict[str, Any]] = defaultdict(dict)
+    units = task.agreement_units
+    assert units is not None, "called for tasks with agreement units only"
     for row in rows:
-        for unit, value in task.agreement_units(row.payload).items():
+        for unit, value in units(row.payload).items():
             values[row.item.id, unit][row.annotator] = value
     return values
 
@@ -77,6 +79,9 @@ def pairwise_agreement(values: dict[Any, dict[str, Any]]) -> tuple[float | None,
     return mean, {name: sum(flags) / len(flags) for name, flags in agree.items()}
 
 
+Level = Literal["nominal", "ordinal", "interval", "ratio"]  # the levels `krippendorff.alpha` knows
+
+
 def krippendorff_alpha(values: dict[Any, dict[str, Any]], level: str) -> float | None:
     """Alpha over units judged by at least two annotators; None when there are none or no variation."""
     units = [by_annotator for by_annotator in values.values() if len(by_annotator) >= 2]
@@ -89,7 +94,7 @@ def krippendorff_alpha(values: dict[Any, dict[str, Any]], level: str) -> float |
         for name, value in unit.items():
             numeric = level != "nominal" and isinstance(value, int | float)
             matrix[annotators.index(name), column] = value if numeric else codes[repr(value)]
-    return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level))
+    return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=cast(Level, level)))
 
 
 def project_stats(task: Task, per_item: int, items: int, rows: Sequence[JudgmentRow]) -> ProjectStats:

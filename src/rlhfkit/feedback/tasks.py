@@ -16,8 +16,7 @@ from statistics import median_low
 from typing import Any
 
 from rlhfkit.data.records import INSTRUCTGPT_FLAGS
-from rlhfkit.evaluation.leaderboard import Judgements, bradley_terry, win_matrix
-from rlhfkit.labeling.simulated import competition_ranks
+from rlhfkit.scores import Judgements, bradley_terry, competition_ranks, win_matrix
 
 Payload = dict[str, Any]
 Form = Mapping[str, Any]  # a submitted form: name -> value, or name -> list of values for `flags`

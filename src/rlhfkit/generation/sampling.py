@@ -11,7 +11,7 @@ checkpoint, samples the very responses an uninterrupted single-process run sampl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import Field
@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from rlhfkit.config import Config
+from rlhfkit.training.batching import TokenSequence
 
 
 class SamplingSettings(Config):
@@ -53,7 +54,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     messages = [m if isinstance(m, dict) else m.model_dump() for m in prompt]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -80,10 +81,10 @@ class SeededGumbelSampler(LogitsProcessor):
         self.temperature = settings.temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = self.warpers(input_ids, scores.float() / self.temperature)
-        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        warped = self.warpers(input_ids, scores.float() / self.temperature)
+        uniform = torch.stack([torch.rand(warped.shape[-1], generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
-        return scores + gumbel.to(scores.device)
+        return cast(torch.FloatTensor, warped + gumbel.to(warped.device))
 
 
 @torch.no_grad()
@@ -100,13 +101,13 @@ def sample(
     encoded = tokenizer(rendered, return_tensors="pt", padding=True).to(model.device)
     seeded = seeds is not None and settings.do_sample
     native = settings.do_sample and not seeded  # transformers' own sampling, from the global generator
-    output = model.generate(
+    output = model.generate(  # type: ignore[operator]  # GenerationMixin's, not a Module attribute
         **encoded,
         do_sample=native,
         temperature=settings.temperature if native else None,
         top_p=settings.top_p if native else None,
         top_k=settings.top_k if native else None,
-        logits_processor=LogitsProcessorList([SeededGumbelSampler(seeds, settings)]) if seeded else None,
+        logits_processor=LogitsProcessorList([SeededGumbelSampler(seeds or [], settings)]) if seeded else None,
         max_new_tokens=settings.max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -116,3 +117,14 @@ def sample(
     response_ids = response_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return Samples(encoded["input_ids"], encoded["attention_mask"], response_ids, mask, texts)
+
+
+def response_sequences(samples: Samples) -> list[TokenSequence]:
+    """Each row as its unpadded prompt followed by its response through EOS, the response marked for scoring."""
+    rows = []
+    for p_ids, p_mask, r_ids, r_mask in zip(
+        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask, strict=True
+    ):
+        prompt, response = p_ids[p_mask.bool()].tolist(), r_ids[r_mask.bool()].tolist()
+        rows.append(TokenSequence(prompt + response, [0] * len(prompt) + [1] * len(response)))
+    return rows

@@ -8,6 +8,7 @@ makes "stop here" and "nothing here" the same token, which breaks EOS handling i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from pydantic import Field
@@ -94,7 +95,7 @@ def load_model(
     path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, config=fused_config(path), dtype=dtype)
     if tokenizer is not None:
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        if len(tokenizer) > cast(nn.Embedding, model.get_input_embeddings()).num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
@@ -109,7 +110,7 @@ def load_model(
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        return cast(PreTrainedModel, get_peft_model(model, config))  # forwards the PreTrainedModel interface
     return model
 
 

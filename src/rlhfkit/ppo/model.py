@@ -25,11 +25,11 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.config import ConfigError
 from rlhfkit.models.loading import fused_config, resolve_model_path
+from rlhfkit.models.logprobs import lm_parts
 from rlhfkit.ops import token_logprobs
 from rlhfkit.ppo.losses import entropy
 from rlhfkit.reward.ensemble import load_reward_model
 from rlhfkit.reward.model import RewardModel, fold_heads
-from rlhfkit.training.lm_trainer import lm_parts
 
 CriticKind = Literal["shared", "policy", "reward"]
 
@@ -130,7 +130,9 @@ def zero_head(hidden_size: int) -> nn.Linear:
 
 def folded_reward_head(model: RewardModel) -> nn.Linear:
     """One linear layer computing Σ_h w_h·(gain_h·(W_h·x + b_h) + bias_h): the reward model's score."""
-    _, linear = reward_parts(model)
+    parts = reward_parts(model)
+    assert parts is not None, "a reward model read at the last token"  # build_actor_critic checks it
+    _, linear = parts
     weights = torch.tensor([model.weights.get(name, 0.0) for name in model.head_names])
     bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)  # `score` layers have none
     w, c = fold_heads(linear.weight, bias, weights * model.gain, weights * model.bias)

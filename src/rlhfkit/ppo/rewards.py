@@ -8,18 +8,19 @@ any AutoModelForSequenceClassification directory (TRL's RewardTrainer output; EO
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from pydantic import Field
 
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import Text
-from rlhfkit.labeling.simulated import GOLD, gold_function
 from rlhfkit.reward.ensemble import REWARD_MODEL_FILES, is_reward_model, load_reward_model
+from rlhfkit.scores import GOLD, gold_function
 
-Scorer = Callable[[list[Text], list[Text]], torch.Tensor]
+Scorer = Callable[[Sequence[Text], Sequence[str]], torch.Tensor]
 
 
 class RewardSource(Config):
@@ -70,10 +71,12 @@ class CombinedReward:
         self.scorers = [load_scorer(s, device) for s in sources]
         self.names = unique_names([source_name(s.source) for s in sources])
 
-    def __call__(self, prompts: list[Text], responses: list[Text]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, prompts: Sequence[Text], responses: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {name: score(prompts, responses).float() for name, score in zip(self.names, self.scorers, strict=True)}
         total = sum(s.weight * terms[name] for s, name in zip(self.sources, self.names, strict=True))
-        return total, terms
+        return cast(torch.Tensor, total), terms  # a sum of at least one tensor
 
 
 def unique_names(names: list[str]) -> list[str]:

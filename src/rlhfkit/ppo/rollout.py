@@ -16,9 +16,7 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.data.records import Text
-from rlhfkit.evaluation.policy import distinct_n, response_sequences
-from rlhfkit.generation.sampling import SamplingSettings, sample
-from rlhfkit.labeling.simulated import GoldFunction
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
 from rlhfkit.ops import masked_sum
 from rlhfkit.ppo.advantages import (
     MOMENT_KEYS,
@@ -33,6 +31,7 @@ from rlhfkit.ppo.advantages import (
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import ActorCritic
 from rlhfkit.ppo.rewards import CombinedReward
+from rlhfkit.scores import GoldFunction, distinct_n
 from rlhfkit.training.batching import PaddedBatch, TokenSequence, chunks, pad_batch
 from rlhfkit.training.metrics import StepMetrics
 

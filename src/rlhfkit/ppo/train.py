@@ -30,16 +30,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
 from rlhfkit.config import ConfigError
-from rlhfkit.data.readers import DataError
-from rlhfkit.data.records import Text, load_records
+from rlhfkit.data.corpus import blocks, read_paragraphs
+from rlhfkit.data.records import Text, load_records, read_prompts
+from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings
-from rlhfkit.labeling.simulated import GoldFunction, gold_function
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
-from rlhfkit.ppo.rewards import CombinedReward, RewardSource, is_reward_model
+from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.rollout import (
     RewardShaping,
     Rollout,
@@ -48,9 +48,8 @@ from rlhfkit.ppo.rollout import (
     gather_tokens,
     row_seeds,
 )
-from rlhfkit.pretrain.corpus import read_paragraphs
-from rlhfkit.pretrain.train import blocks
-from rlhfkit.sft.tokenize import tokenize_sft
+from rlhfkit.reward.ensemble import is_reward_model
+from rlhfkit.scores import GoldFunction, gold_function
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
@@ -218,9 +217,9 @@ def optimizer_update(
         ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
         ptx_parts = [[state.ptx[i] for i in part] for part in chunks(ptx_rows, config.micro_batch_size)]
         ptx_tokens = global_sum(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
-        for part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
+        for ptx_part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
             with accelerator.no_sync(state.model), accelerator.autocast():
-                nll, count = ptx_loss(state, part)
+                nll, count = ptx_loss(state, ptx_part)
                 accelerator.backward(config.ptx_coef * nll * world / max(ptx_tokens, 1.0))
             metrics.add_total("ptx/loss", nll.detach(), count)
     for i, part in enumerate(parts):
@@ -246,7 +245,7 @@ def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]
         for j, members in enumerate(minibatches(config, step, epoch)):
             update_index = ((step - 1) * config.epochs_per_batch + epoch) * updates_per_epoch + j
             optimizer_update(state, rollout, members, update_index, metrics)
-    return metrics.mean(state.accelerator) | {"train/lr": state.scheduler.get_last_lr()[0]}
+    return metrics.mean(state.accelerator) | {"train/lr": float(state.scheduler.get_last_lr()[0])}
 
 
 @dataclass(frozen=True)
@@ -361,13 +360,6 @@ def value_learning_rates(model: ActorCritic, config: PPOConfig) -> dict[torch.nn
         return {}
     critic = torch.nn.ModuleList([model.value_head] + ([model.critic] if model.critic is not None else []))
     return {critic: config.value_learning_rate}
-
-
-def read_prompts(path: str, limit: int | None = None) -> list[Text]:
-    records = load_records(assets.resolve(path), "prompt")
-    if not records:
-        raise DataError(f"{path}: no prompts")
-    return [r.prompt for r in records][:limit]
 
 
 def load_ptx(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> list[TokenSequence]:

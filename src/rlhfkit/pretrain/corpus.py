@@ -1,9 +1,6 @@
-"""Plain-text corpora for pretraining: unwrapping, a held-out split, a BPE tokenizer trained on them."""
+"""A BPE tokenizer trained on a plain-text corpus (read and split by `data/corpus.py`), with its chat template."""
 
 from __future__ import annotations
-
-import gzip
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -17,26 +14,6 @@ CHAT_TEMPLATE = (
     "{% if m['role'] == 'assistant' %}" + EOS + "{% else %}{{ '\\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-
-
-def read_paragraphs(path: Path) -> list[str]:
-    """Paragraphs (blank-line separated) with the hard line wraps of printed text removed."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    paragraphs = (" ".join(block.split()) for block in text.split("\n\n"))
-    return [p for p in paragraphs if p]
-
-
-def split_held_out(paragraphs: list[str], every: int, run: int = 20) -> tuple[list[str], list[str]]:
-    """(train, held-out): every `every`-th run of `run` consecutive paragraphs is held out.
-
-    Contiguous runs keep held-out text out of the training context windows around it.
-    """
-    train, held_out = [], []
-    for i, p in enumerate(paragraphs):
-        (held_out if (i // run) % every == 0 else train).append(p)
-    return train, held_out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

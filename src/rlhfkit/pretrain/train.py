@@ -9,8 +9,8 @@ from pydantic import Field
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from rlhfkit import assets
-from rlhfkit.pretrain.corpus import read_paragraphs, split_held_out, train_tokenizer
-from rlhfkit.training.batching import TokenSequence
+from rlhfkit.data.corpus import HELD_OUT_EVERY, blocks, read_paragraphs, split_held_out
+from rlhfkit.pretrain.corpus import train_tokenizer
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
 from rlhfkit.training.runtime import finish_run, start_run
@@ -20,7 +20,7 @@ class PretrainConfig(TrainSettings):
     """Pretraining from scratch. Defaults reproduce the embedded `tiny-austen` model."""
 
     corpus: str = Field("austen", description="'austen' (embedded novels) or a .txt / .txt.gz file")
-    held_out_every: int = Field(50, ge=2, description="hold out every N-th run of 20 paragraphs")
+    held_out_every: int = Field(HELD_OUT_EVERY, ge=2, description="hold out every N-th run of 20 paragraphs")
     vocab_size: int = Field(4096, ge=300, description="BPE vocabulary size, special tokens included")
     block_size: int = Field(256, ge=8, description="context length in tokens (also the model's maximum)")
     n_layer: int = Field(4, ge=1, description="transformer blocks")
@@ -33,12 +33,6 @@ class PretrainConfig(TrainSettings):
     warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass on one process")
     group_by_length: bool = Field(False, description="batch sequences of similar length (all equal here)")
-
-
-def blocks(tokenizer: PreTrainedTokenizerBase, paragraphs: list[str], size: int) -> list[TokenSequence]:
-    """The paragraphs as one token stream, cut into non-overlapping blocks of `size` tokens."""
-    stream = tokenizer("\n\n".join(paragraphs))["input_ids"]
-    return [TokenSequence(stream[i : i + size], [1] * size) for i in range(0, len(stream) - size + 1, size)]
 
 
 def build_model(config: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> GPT2LMHeadModel:

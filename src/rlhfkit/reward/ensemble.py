@@ -11,7 +11,9 @@ ensemble's reward, the mean of its members', has no single-checkpoint form.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,23 +34,29 @@ class RewardEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     @property
+    def models(self) -> list[RewardModel]:
+        return cast(list[RewardModel], list(self.members))
+
+    @property
     def head_names(self) -> list[str]:
-        return self.members[0].head_names
+        return self.models[0].head_names
 
     @property
     def weights(self) -> dict[str, float]:
-        return self.members[0].weights
+        return self.models[0].weights
 
-    def member_rewards(self, prompts: list[Text], responses: list[Text], normalized: bool = True) -> torch.Tensor:
+    def member_rewards(
+        self, prompts: Sequence[Text], responses: Sequence[Text], normalized: bool = True
+    ) -> torch.Tensor:
         """(M, N, H): every member's head rewards."""
-        return torch.stack([m.rewards(prompts, responses, normalized) for m in self.members])
+        return torch.stack([m.rewards(prompts, responses, normalized) for m in self.models])
 
-    def rewards(self, prompts: list[Text], responses: list[Text], normalized: bool = True) -> torch.Tensor:
+    def rewards(self, prompts: Sequence[Text], responses: Sequence[Text], normalized: bool = True) -> torch.Tensor:
         """(N, H): the members' mean head rewards."""
         return self.member_rewards(prompts, responses, normalized).mean(0)
 
     def score(
-        self, prompts: list[Text], responses: list[Text], weights: dict[str, float] | None = None
+        self, prompts: Sequence[Text], responses: Sequence[Text], weights: dict[str, float] | None = None
     ) -> RewardScores:
         """Mean and standard deviation over members of Σ_h w_h·r_h (population std: 0 for one member)."""
         heads = self.member_rewards(prompts, responses)  # (M, N, H)
@@ -64,7 +72,7 @@ class RewardEnsemble(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        for i, member in enumerate(self.members):
+        for i, member in enumerate(self.models):
             member.save(path / member_dir_name(i))
         return write_index(path, len(self.members))
 

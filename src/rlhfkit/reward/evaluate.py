@@ -11,22 +11,7 @@ import torch
 
 from rlhfkit.reward.data import Comparison
 from rlhfkit.reward.losses import bradley_terry_loss
-
-
-def expected_calibration_error(prob: torch.Tensor, outcome: torch.Tensor, bins: int = 10) -> torch.Tensor:
-    """ECE = Σ_b (n_b / N)·|mean outcome_b - mean prob_b| over equal-width bins of the predicted probability.
-
-    Naeini et al. 2015; Guo et al. 2017 (arXiv:1706.04599, eq. 3). prob, outcome: (N,), outcome in [0, 1]
-    (a tie is 0.5). The last bin includes 1.
-    """
-    which = (prob * bins).long().clamp(max=bins - 1)  # (N,) bin of each prediction
-    total = torch.zeros(())
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            gap = (outcome[in_bin].float().mean() - prob[in_bin].float().mean()).abs()
-            total = total + in_bin.float().mean() * gap
-    return total
+from rlhfkit.scores import expected_calibration_error
 
 
 def pairwise_metrics(

@@ -32,9 +32,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -110,6 +111,9 @@ def fold_heads(
 class RewardModel(nn.Module):
     """r(x, y) for each named head; `forward` gives raw head outputs, `score` the normalised reward."""
 
+    gain: torch.Tensor  # (H,) buffers: the normalisation gain·r + bias
+    bias: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -130,7 +134,7 @@ class RewardModel(nn.Module):
         self.weights = dict(weights) if weights is not None else {name: 1.0 for name in heads}
         self.head: nn.Linear | None = None
         if kind == "causal_lm":
-            hidden = backbone.config.get_text_config().hidden_size
+            hidden = cast(PreTrainedModel, backbone).config.get_text_config().hidden_size
             self.head = nn.Linear(hidden, len(heads))
             # A small random head (std 1/√(d+1)): initial rewards near 0 whatever the width.
             nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
@@ -206,7 +210,8 @@ class RewardModel(nn.Module):
             ids = chat_ids(tok, prompt, response)
         elif self.kind == "causal_lm":
             ids = (
-                tok(prompt)["input_ids"] + tok(response + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+                tok(prompt)["input_ids"]
+                + tok(cast(str, response) + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
             )
         else:
             return tok(prompt, response, truncation=True, max_length=self.max_length)["input_ids"]
@@ -219,7 +224,7 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def rewards(
-        self, prompts: list[Text], responses: list[Text], normalized: bool = True, batch_size: int = 32
+        self, prompts: Sequence[Text], responses: Sequence[Text], normalized: bool = True, batch_size: int = 32
     ) -> torch.Tensor:
         """(N, H) head rewards, normalised (gain·r + bias) or raw; batched by length, any N."""
         if len(prompts) != len(responses):
@@ -236,7 +241,7 @@ class RewardModel(nn.Module):
         return out * self.gain.cpu() + self.bias.cpu() if normalized else out
 
     def score(
-        self, prompts: list[Text], responses: list[Text], weights: dict[str, float] | None = None
+        self, prompts: Sequence[Text], responses: Sequence[Text], weights: dict[str, float] | None = None
     ) -> RewardScores:
         """The reward Σ_h w_h·r_h of each (prompt, response), weights defaulting to the saved ones."""
         heads = self.rewards(prompts, responses)
@@ -260,7 +265,7 @@ class RewardModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         if isinstance(self.backbone, PeftModel):
             self.backbone = self.backbone.merge_and_unload()
-        exported, offset = self.backbone, 0.0
+        exported, offset = cast(PreTrainedModel, self.backbone), 0.0
         if self.head is not None:
             offset = self.move_constant_into_final_norm()
             exported = self.sequence_classifier()

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from accelerate import Accelerator
@@ -188,10 +188,10 @@ def reference_replies(config: RewardConfig, train: list[Comparison]) -> tuple[li
                 record = validate_record(row.data, "candidates", row.location)
                 pairs += [(record.prompt, reply) for reply in record.responses]
             else:
-                record = validate_record(row.data, "sft", row.location)
-                if record.prompt is None:
+                demo = validate_record(row.data, "sft", row.location)
+                if demo.prompt is None:
                     raise DataError(f"{row.location}: reference rows need `prompt` and `responses` or `completion`")
-                pairs.append((record.prompt, record.completion))
+                pairs.append((demo.prompt, cast(Text, demo.completion)))  # set wherever the prompt is
     else:
         pairs = [(c.prompt, r) for c in train for r in c.responses]
     unique = list({json.dumps([_plain(p), _plain(r)]): (p, r) for p, r in pairs}.values())

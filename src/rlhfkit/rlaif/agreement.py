@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field
 from rich.console import Console
@@ -65,9 +65,9 @@ def read_judgements(path: str, kind: Kind) -> list[Judged]:
     ratings: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for row in read_rows(assets.resolve(path)):
         record = validate_record(row.data, kind, row.location)
-        source = row.data.get("source") if isinstance(row.data.get("source"), dict) else {}
+        source: dict[str, Any] = row.data["source"] if isinstance(row.data.get("source"), dict) else {}
         principle = source.get("principle")
-        prompt = _key(record.prompt)
+        prompt = _key(cast(Text, record.prompt))  # preference, ranking and rating records have one
         if isinstance(record, PreferenceRecord):
             chosen, rejected = _key(record.chosen), _key(record.rejected)
             winner = None if record.tie else chosen

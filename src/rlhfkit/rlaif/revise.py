@@ -26,8 +26,8 @@ from rich.console import Console
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import Text, load_records
-from rlhfkit.rlaif.constitution import Order, Principle, load_constitution, principle_schedule
-from rlhfkit.rlaif.judges import Conversation, Judge, JudgeSettings, make_judge
+from rlhfkit.judging.constitution import Order, Principle, load_constitution, principle_schedule
+from rlhfkit.judging.judges import Conversation, Judge, JudgeSettings, make_judge
 
 console = Console(stderr=True)
 

@@ -13,8 +13,8 @@ from pydantic import Field
 
 from rlhfkit import assets
 from rlhfkit.data.records import load_records
+from rlhfkit.data.tokenize import pack, tokenize_sft
 from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
-from rlhfkit.sft.tokenize import pack, tokenize_sft
 from rlhfkit.training.batching import TokenSequence
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm

@@ -17,40 +17,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from rlhfkit.ops import token_logprobs
+from rlhfkit.models.logprobs import lm_parts, target_logprobs
 from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, chunks, pad_batch, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
-
-
-def lm_parts(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
-    """The backbone (token ids to hidden states) and the output layer of a causal LM, through a peft wrapper."""
-    inner = lm.get_base_model() if isinstance(lm, PeftModel) else lm
-    return inner.base_model, inner.get_output_embeddings()
-
-
-def target_logprobs(
-    backbone: nn.Module,
-    head: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    loss_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x_t+1 | x_<=t) of every trained target, (N,), and which targets are trained, (B, T-1) bool.
-
-    Only the positions whose next token is trained go through the output layer: prompt and padding
-    positions never pay for the (tokens x vocabulary) projection and softmax. Shared by SFT (a sum over
-    the batch) and the preference losses (a sum per sequence).
-    """
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    trained = loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 a training target?
-    logits = head(hidden[:, :-1][trained])  # (N, V) for the N trained targets only
-    return token_logprobs(logits, input_ids[:, 1:][trained]), trained
 
 
 class NextTokenLoss(nn.Module):

@@ -8,7 +8,7 @@ a piece boundary, never inside a merged token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -27,8 +27,8 @@ def chat_pieces(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = cast(str, tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        through = cast(str, tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
         if not (before.startswith(done) and through.startswith(before)):
             raise ValueError(
                 "the chat template does not render a conversation as a growing prefix; response-only masking needs that"
@@ -48,7 +48,7 @@ def record_pieces(tokenizer: PreTrainedTokenizerBase, record: SFTRecord) -> list
     if record.messages is not None:
         return chat_pieces(tokenizer, _messages(record.messages))
     if isinstance(record.prompt, str):  # records never mix text and chat (SFTRecord validates it)
-        return text_pieces(tokenizer, record.prompt, record.completion)
+        return text_pieces(tokenizer, record.prompt, cast(str, record.completion))
     return chat_pieces(tokenizer, _messages(record.prompt) + _messages(record.completion))
 
 

@@ -231,7 +231,7 @@ class LocalJudge:
         self.settings = settings
         self.tokenizer = load_tokenizer(settings.model, padding_side="left")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(settings.model, self.tokenizer).to(device).eval()
+        self.model = load_model(settings.model, self.tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
         config = self.model.config
         self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
