@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from rlhfkit.cli import SetOpt, app, cai_app, fields_table, label_app, stage_command
-from rlhfkit.config import ConfigError, load_config
+from rlhfkit.cli import SetOpt, app, cai_app, exit_on_user_error, fields_table, label_app, stage_command
+from rlhfkit.config import load_config
 from rlhfkit.control.train import ControlConfig, control
-from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
@@ -105,10 +104,10 @@ def _report(
     runs: Annotated[list[Path], typer.Argument(help="run directories (and the runs below them)")],
     overrides: SetOpt = None,
 ) -> None:
-    try:
+
+    def run() -> None:
         config = load_config(ReportConfig, None, overrides)
         config.runs = [str(run) for run in runs]
         print(report(config))
-    except (ConfigError, DataError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+
+    exit_on_user_error(run)
