@@ -57,14 +57,17 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def check_model_source(name: str, path: str) -> None:
-    """A ModelNotFoundError unless `path` is a saved model's directory (with config.json) or a hub id that
-    can be fetched: online, or offline (HF_HUB_OFFLINE) with its config.json in the hub cache."""
+    """A ModelNotFoundError unless `path` is a directory written by save_pretrained (a model's config.json or
+    a tokenizer's tokenizer_config.json) or a hub id that can be fetched: online, or offline (HF_HUB_OFFLINE)
+    with its config.json in the hub cache."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     local = Path(path).expanduser()
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"model {name}: {local.resolve()} is a directory without config.json")
+        if not any((local / saved).is_file() for saved in ("config.json", "tokenizer_config.json")):
+            raise ModelNotFoundError(
+                f"model {name}: {local.resolve()} is a directory without config.json or tokenizer_config.json"
+            )
         return
     looks_local = local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
     if looks_local:
