@@ -199,7 +199,7 @@ def train_on_preferences(
             mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
             parts = [[train[i] for i in part] for part in chunks(mine, config.micro_batch_size)]
             metrics = optimizer_step(accelerator, policy, objective, parts, config)
-            stop_if_diverged({"dpo/loss": metrics["dpo/loss"]}, step, output_dir)
+            stop_if_diverged(accelerator, {"dpo/loss": metrics["dpo/loss"]}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

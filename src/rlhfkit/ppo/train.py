@@ -332,7 +332,8 @@ def train_ppo(
             kl.update(metrics["kl/penalty"], config.batch_size)
             rollout_seconds = time.perf_counter() - started
             metrics |= ppo_update(state, rollout, step)
-            stop_if_diverged({key: metrics[key] for key in ("ppo/policy_loss", "value/loss")}, step, output_dir)
+            losses = {key: metrics[key] for key in ("ppo/policy_loss", "value/loss")}
+            stop_if_diverged(accelerator, losses, step, output_dir)
             seconds = time.perf_counter() - started
             metrics |= {
                 "perf/episodes_per_s": config.batch_size / seconds,

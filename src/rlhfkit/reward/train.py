@@ -137,7 +137,7 @@ def train_member(
             mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
             batches = [collate([data[i] for i in part], pad_id) for part in chunks(mine, settings.micro_batch_size)]
             metrics = _optimizer_step(accelerator, wrapped, batches, share, settings.max_grad_norm)
-            stop_if_diverged({"rm/loss": metrics["rm/loss"]}, step, output_dir)
+            stop_if_diverged(accelerator, {"rm/loss": metrics["rm/loss"]}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

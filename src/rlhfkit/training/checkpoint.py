@@ -24,28 +24,38 @@ _COMPLETE = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a `step-N.partial` folder is not one, even with its state file)."""
     found = [
-        (int(match[1]), path)
+        path
         for path in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
-        if (match := _COMPLETE.fullmatch(path.name)) and (path / "trainer_state.json").exists()
+        if _COMPLETE.fullmatch(path.name) and (path / "trainer_state.json").exists()
     ]
-    return [path for _, path in sorted(found)]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 class TrainingDiverged(UserError):
     """A loss became inf or nan: the run stopped, its last checkpoint is the last good state."""
 
 
-def stop_if_diverged(losses: dict[str, float], step: int, output_dir: Path) -> None:
+def stop_if_diverged(accelerator: Accelerator, losses: dict[str, float], step: int, output_dir: Path) -> None:
     """Raise TrainingDiverged if a loss of this step is not finite, before anything else of the step is saved.
 
-    Losses only: an fp16 run's gradient norm is inf on the steps its loss scaler skips. The losses are
-    global (all-reduced), so every process stops at the same step.
+    The loss of step s is computed with the weights after step s - 1, so a checkpoint of step s - 1 holds the
+    weights that diverged: it is deleted, and --resume would start from the one before. Losses only: an
+    fp16 run's gradient norm is inf on the steps its loss scaler skips. The losses are global (all-reduced),
+    so every process stops at the same step.
     """
     bad = [f"{name} = {value}" for name, value in losses.items() if not math.isfinite(value)]
     if not bad:
         return
     found = list_checkpoints(output_dir)
-    kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was saved before it (save_every)"
+    good = [path for path in found if checkpoint_step(path) < step - 1]
+    if accelerator.is_main_process:
+        for path in found[len(good) :]:
+            shutil.rmtree(path)
+    kept = f"the last good checkpoint is {good[-1]}" if good else "no good checkpoint was saved before it (save_every)"
     raise TrainingDiverged(
         f"{output_dir}: step {step}: {', '.join(bad)}: the run diverged and stopped, no model saved; {kept}. "
         "Start afresh with --overwrite and e.g. a lower learning_rate"

@@ -187,7 +187,7 @@ def train_causal_lm(
                 )
             ]
             loss, grad_norm, n_targets = _optimizer_step(accelerator, loss_model, batches, settings.max_grad_norm)
-            stop_if_diverged({"train/loss": loss}, step, output_dir)
+            stop_if_diverged(accelerator, {"train/loss": loss}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
