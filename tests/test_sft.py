@@ -27,6 +27,15 @@ def test_text_mask_covers_completion_and_eos_only(tiny_model_dir: Path):
     assert trained_text(tokenizer, seq) == " very happy.<|endoftext|>"
 
 
+def test_a_prompt_longer_than_max_length_loses_its_start_not_the_response(tiny_model_dir: Path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompt = " ".join(["It is a truth universally acknowledged."] * 40)
+    seq = tokenize_sft(tokenizer, SFTRecord(prompt=prompt, completion=" Emma smiled."), max_length=64)
+    assert len(seq.input_ids) == 64 and seq.prompt_tokens_cut > 0
+    assert trained_text(tokenizer, seq) == " Emma smiled.<|endoftext|>"
+    assert tokenizer.decode(seq.input_ids).endswith("acknowledged. Emma smiled.<|endoftext|>")
+
+
 def test_chat_mask_covers_assistant_turns_only(tiny_model_dir: Path):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     record = SFTRecord.model_validate(

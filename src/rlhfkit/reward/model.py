@@ -89,7 +89,8 @@ class RewardModel(nn.Module):
         self.tokenizer = tokenizer
         self.kind = kind
         self.head_names = list(heads)
-        self.max_length = max_length
+        context = getattr(backbone.config.get_text_config(), "max_position_embeddings", None)
+        self.max_length = min(max_length, context or max_length)  # never more tokens than the backbone has positions
         self.weights = dict(weights) if weights is not None else {name: 1.0 for name in heads}
         self.head: nn.Linear | None = None
         if kind == "causal_lm":
