@@ -40,11 +40,8 @@ def run_markers(output_dir: Path) -> list[str]:
 
 
 def clear_output_dir(output_dir: Path) -> None:
-    """Delete everything in `output_dir`; never a directory the current one lies in."""
-    resolved = output_dir.resolve()
-    if Path.cwd().resolve().is_relative_to(resolved):
-        raise ConfigError(f"overwrite: {output_dir} contains the current directory; it is not deleted")
-    for child in resolved.iterdir():
+    """Delete everything in `output_dir`."""
+    for child in output_dir.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
@@ -96,6 +93,8 @@ def prepare_output_dir(config: Config, settings: TrainSettings, accelerator: Acc
             f"output_dir {output_dir} holds a run ({', '.join(found)}): continue it with --resume, "
             "or start afresh with --overwrite (deletes its contents)"
         )
+    elif found and Path.cwd().resolve().is_relative_to(output_dir.resolve()):
+        raise ConfigError(f"overwrite: output_dir {output_dir} contains the current directory; it is not deleted")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if found and settings.overwrite:
