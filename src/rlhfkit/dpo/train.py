@@ -34,7 +34,7 @@ from rlhfkit.data.records import load_records
 from rlhfkit.dpo.data import Example, Kind, build_examples, with_reference
 from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
-from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
+from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer, usable_length
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
@@ -236,8 +236,9 @@ def load_examples(
     else:
         records, held = split_by_prompt(records, config.eval_fraction, config.seed)
     unpaired = config.loss in UNPAIRED_LOSSES
-    train, notes = build_examples(records, config.data_kind, unpaired, tokenizer, config.max_length)
-    held_out, held_notes = build_examples(held, config.data_kind, unpaired, tokenizer, config.max_length)
+    max_length = usable_length(config.model, config.max_length)
+    train, notes = build_examples(records, config.data_kind, unpaired, tokenizer, max_length)
+    held_out, held_notes = build_examples(held, config.data_kind, unpaired, tokenizer, max_length)
     if not train:
         raise DataError(f"{config.data}: no usable training examples ({'; '.join(notes) or 'empty'})")
     return train, held_out, notes + [f"held out: {n}" for n in held_notes]

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from rlhfkit.config import Config, ConfigError
+from rlhfkit.models.loading import positions
 
 
 class SamplingSettings(Config):
@@ -59,7 +60,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
 
 def prompt_limit(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     """The most prompt tokens that leave room for `max_new_tokens` in the model's context (None: no limit)."""
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = positions(model.config)
     if context is None:
         return None
     if max_new_tokens >= context:

@@ -79,6 +79,17 @@ def check_model_source(name: str, path: str) -> None:
         )
 
 
+def positions(config: PretrainedConfig) -> int | None:
+    """How many tokens the model can read (its position embeddings), None if its config does not say."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def usable_length(name_or_path: str, max_length: int) -> int:
+    """`max_length`, or the model's own context if that is shorter: a longer sequence would index past it."""
+    context = positions(AutoConfig.from_pretrained(resolve_model_path(name_or_path)))
+    return min(max_length, context or max_length)
+
+
 # The same function as one fused kernel: GPT-2's "gelu_new" is the tanh GELU written as five element-wise
 # ops; "gelu_pytorch_tanh" is torch's gelu(approximate="tanh"), equal to 1e-6 and ~18% faster per step
 # for tiny-austen on a CPU.

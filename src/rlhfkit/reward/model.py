@@ -30,7 +30,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from rlhfkit.data.records import Message, Text
-from rlhfkit.models.loading import LoraSettings, fused_config, load_tokenizer, resolve_model_path
+from rlhfkit.models.loading import LoraSettings, fused_config, load_tokenizer, positions, resolve_model_path
 from rlhfkit.ops import last_index
 
 Backbone = Literal["causal_lm", "sequence_classification"]
@@ -159,7 +159,7 @@ class RewardModel(nn.Module):
     @property
     def token_limit(self) -> int:
         """max_length, or fewer if the backbone has fewer positions (a longer sequence would index past them)."""
-        context = getattr(self.backbone.config.get_text_config(), "max_position_embeddings", None)
+        context = positions(self.backbone.config)
         return min(self.max_length, context or self.max_length)
 
     def encode(self, prompt: Text, response: Text) -> list[int]:

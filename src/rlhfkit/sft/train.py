@@ -13,7 +13,7 @@ from pydantic import Field
 
 from rlhfkit import assets
 from rlhfkit.data.records import load_records
-from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
+from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer, usable_length
 from rlhfkit.sft.tokenize import pack, tokenize_sft
 from rlhfkit.training.batching import TokenSequence, cut_prompts_note
 from rlhfkit.training.config import TrainSettings
@@ -54,15 +54,16 @@ def sft(config: SFTConfig) -> Path:
     """Tune `config.model` on `config.data`; returns the directory of the saved model."""
     accelerator = start_run(config, config)
     tokenizer = load_tokenizer(config.model)
-    train_data = tokenize_file(config.data, tokenizer, config.max_length)
+    max_length = usable_length(config.model, config.max_length)
+    train_data = tokenize_file(config.data, tokenizer, max_length)
     if config.eval_data is not None:
-        eval_data = tokenize_file(config.eval_data, tokenizer, config.max_length)
+        eval_data = tokenize_file(config.eval_data, tokenizer, max_length)
     else:
         train_data, eval_data = split(train_data, config.eval_fraction, config.seed)
-    for note in cut_prompts_note(train_data + eval_data, config.max_length, "examples"):
+    for note in cut_prompts_note(train_data + eval_data, max_length, "examples"):
         accelerator.print(f"[data] {note}")
     if config.packing:
-        train_data = pack(train_data, config.max_length)
+        train_data = pack(train_data, max_length)
     model = load_model(config.model, tokenizer, config.lora)
     accelerator.print(f"SFT of {config.model}: {len(train_data)} training sequences, {len(eval_data)} held out")
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)
