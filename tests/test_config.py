@@ -64,3 +64,31 @@ def test_a_section_set_in_part_keeps_the_rest_of_its_default(tmp_path: Path):
 def test_help_shows_a_section_default_from_its_enclosing_config():
     rows = {name: default for name, _, default, _ in config_help(QuickstartConfig)}
     assert rows["sft.learning_rate"] == "0.0003" and rows["ppo.max_steps"] == "20"
+
+
+@pytest.mark.parametrize(
+    "override", ["learning_rate=inf", "learning_rate=.nan", "max_grad_norm=-.inf", "adam_betas=[0.9, .nan]"]
+)
+def test_non_finite_numbers_are_rejected(override: str):
+    field = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"field '{field}(\.1)?': Input should be a finite number"):
+        load_config(SFTConfig, None, [override])
+
+
+def test_non_finite_numbers_are_rejected_in_sections_too():
+    with pytest.raises(ConfigError, match=r"field 'ppo.sampling.temperature': Input should be a finite number"):
+        load_config(QuickstartConfig, None, ["ppo.sampling.temperature=inf"])
+
+
+def test_resume_and_overwrite_exclude_each_other(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--resume", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "set one of them" in capsys.readouterr().err
+
+
+def test_overwrite_is_offered_by_the_stages_that_have_it():
+    runner = CliRunner()
+    assert "--overwrite" in runner.invoke(app, ["sft", "--help"], env={"COLUMNS": "200"}).output
+    assert "--overwrite" in runner.invoke(app, ["quickstart", "--help"], env={"COLUMNS": "200"}).output
+    assert "--overwrite" not in runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output

@@ -163,6 +163,22 @@ def test_malformed_jsonl_line_is_reported_at_its_line(tmp_path: Path) -> None:
     assert "file.jsonl:3" in message
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_bytes_that_are_not_utf8_are_placed_by_line_and_byte(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"latin1{suffix}"
+    body = '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "caf\u00e9"}\n'.encode("latin-1")
+    path.write_bytes(b"[" + body.replace(b"}\n{", b"},\n{") + b"]" if suffix == ".json" else body)
+    offset = path.read_bytes().index(b"\xe9")
+    message = error_of(lambda: list(read_rows(path)))
+    assert message.startswith(f"{path}:3: not UTF-8 text (byte {offset} of the file is 0xe9)")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + '{"a": "\u00e9"}\n{"a": 2}\n'.encode())
+    assert [row.data for row in read_rows(path)] == [{"a": "\u00e9"}, {"a": 2}]
+
+
 def test_jsonl_line_that_is_not_an_object_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "file.jsonl"
     path.write_text('["a", "list"]\n')

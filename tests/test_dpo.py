@@ -9,7 +9,7 @@ from accelerate import Accelerator
 
 from rlhfkit import assets
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.data.records import Message, RankingRecord, RatingRecord
+from rlhfkit.data.records import Message, PreferenceRecord, RankingRecord, RatingRecord
 from rlhfkit.dpo import reference
 from rlhfkit.dpo.data import build_examples, tokenize_response
 from rlhfkit.dpo.losses import LOSSES, chosen_nll
@@ -104,6 +104,17 @@ def test_rankings_and_ratings_become_all_pairs(tiny_model_dir: Path):
     judged, _ = build_examples(ratings, "rating", True, tokenizer, 64)
     assert [e.responses[0].preferred for e in judged] == [True, False, True, False]
     assert tokenizer.decode(judged[0].mismatched.tokens.input_ids).startswith("Emma was calm.")
+
+
+def test_a_prompt_longer_than_max_length_keeps_the_pair_with_its_start_cut(tiny_model_dir: Path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    pair = PreferenceRecord(prompt=" ".join(["Emma was at Hartfield."] * 40), chosen=" glad.", rejected=" sad.")
+    (example,), notes = build_examples([pair], "preference", False, tokenizer, 32)
+    chosen, rejected = (tokenizer.decode([t for t, m in zip(r.tokens.input_ids, r.tokens.loss_mask, strict=True) if m])
+                        for r in example.responses)  # fmt: skip
+    assert (chosen, rejected) == (" glad.<|endoftext|>", " sad.<|endoftext|>")
+    assert all(len(r.tokens.input_ids) == 32 for r in example.responses)
+    assert notes == ["2 responses longer than max_length=32: their prompts lost their start"]
 
 
 def test_chat_prompt_turns_are_context_only_the_reply_is_scored(tiny_model_dir: Path):

@@ -9,7 +9,6 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-from rlhfkit.cli import _import_commands
 from rlhfkit.cli import app as cli_app
 from rlhfkit.config import ConfigError
 from rlhfkit.data.readers import Row
@@ -211,7 +210,6 @@ def test_feedback_export_leaves_ties_out_unless_asked_and_gives_trl_margins(tmp_
     ann = store.authenticate("ann", "ann-password")
     for choice in ("tie", "A:3", "B:1"):
         store.submit(store.next_item(store.project("p").id, ann).id, ann, {"choice": choice})
-    _import_commands()
     out = tmp_path / "prefs.jsonl"
     for policy in ("drop", "separate", "keep"):
         result = CliRunner().invoke(cli_app, ["export", "p", "--output", str(out), "--db", db, "--ties", policy])

@@ -6,8 +6,9 @@ import torch
 from transformers import AutoTokenizer
 
 from rlhfkit import assets
+from rlhfkit.cli import main
 from rlhfkit.data.corpus import blocks, read_paragraphs, split_held_out
-from rlhfkit.models.loading import PAD_TOKEN, ensure_distinct_pad, load_model, load_tokenizer
+from rlhfkit.models.loading import PAD_TOKEN, ModelNotFoundError, ensure_distinct_pad, load_model, load_tokenizer
 from rlhfkit.pretrain.train import PretrainConfig
 from rlhfkit.training.batching import pad_batch
 from rlhfkit.training.lm_trainer import NextTokenLoss
@@ -44,7 +45,22 @@ def test_tiny_austen_loads_by_name_and_models_held_out_austen():
 TINY_AUSTEN_MAX_PPL = 80
 
 
-@pytest.mark.parametrize("name", ["gpt2-that-does-not-exist-locally"])
-def test_unknown_local_name_fails_without_network(name: str):
-    with pytest.raises(OSError):
-        load_tokenizer(name)
+def test_unknown_hub_name_fails_without_network_naming_where_it_looked():
+    with pytest.raises(ModelNotFoundError, match=r"no hub model 'gpt2-not-here' in the local hub cache"):
+        load_tokenizer("gpt2-not-here")
+
+
+def test_a_missing_or_empty_model_directory_is_named(tmp_path: Path):
+    with pytest.raises(ModelNotFoundError, match=rf"^model {tmp_path}/nope: no such directory {tmp_path}/nope$"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError, match=rf"{tmp_path} is a directory without config.json"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_the_cli_reports_a_missing_model_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--set", f"model={tmp_path}/runs/sft-typo", "--set", f"output_dir={tmp_path}/out"])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip() == f"model {tmp_path}/runs/sft-typo: no such directory {tmp_path}/runs/sft-typo"
+    )

@@ -201,6 +201,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir:
     pa = AutoModelForCausalLM.from_pretrained(full).state_dict()
     pb = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert all(torch.allclose(pa[k], pb[k], atol=1e-6) for k in pa)
+    samples = [
+        [json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()] for run in (full, out)
+    ]
+    assert samples[0] == samples[1] == [1, 1, 2, 2, 3, 3, 4, 4]  # the resumed steps' samples once each
+
+
+def test_a_prompt_longer_than_the_context_loses_its_start(
+    tmp_path: Path, tiny_model_dir: Path, reward_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    prompts = [{"prompt": "Emma was"}] * 7 + [{"prompt": " ".join(["Emma walked to Hartfield."] * 60)}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    config = small_config(tmp_path / "out", tiny_model_dir, [{"source": str(reward_dir)}], prompts=str(path))
+    ppo(config.model_copy(update={"max_steps": 1, "ppo_epochs": 1}))  # the 128-token context: IndexError before
+    assert (
+        "[data] 1 prompts longer than 120 tokens (context - max_new_tokens) lose their start" in capsys.readouterr().out
+    )
+    assert [m["step"] for m in metrics(tmp_path / "out")] == [1]
 
 
 def test_reward_sources_combine_with_weights():

@@ -242,6 +242,18 @@ def test_bad_rows_are_errors_naming_the_row(tmp_path, capsys, kind: str, row: di
     assert message in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
 
 
+@pytest.mark.parametrize("pair", [{"tie": True}, {"rejected": " glad."}])
+def test_data_without_a_pair_that_says_which_is_better_is_refused(tmp_path, capsys, pair: dict):
+    rows = [{"prompt": f"Day {i}:", "chosen": " glad.", "rejected": " sad.", **pair} for i in range(20)]
+    path = write_jsonl(tmp_path / "ties.jsonl", rows)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reward", "--set", f"heads.reward.data={path}", "--set", f"output_dir={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    assert "no usable training pairs: all 18 comparisons are ties or compare a reply with itself" in (
+        capsys.readouterr().err
+    )
+
+
 def test_missing_data_is_a_config_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["reward", "--set", f"output_dir={tmp_path}"])

@@ -5,10 +5,11 @@ import pytest
 import torch
 import transformers
 
+from rlhfkit.cli import main
 from rlhfkit.config import load_config
 from rlhfkit.data.records import SFTRecord
 from rlhfkit.data.tokenize import pack, tokenize_sft
-from rlhfkit.models.loading import load_model, load_tokenizer, save_model
+from rlhfkit.models.loading import load_model, load_tokenizer, save_model, usable_length
 from rlhfkit.sft.train import SFTConfig, sft
 from rlhfkit.training.batching import pad_batch
 from rlhfkit.training.lm_trainer import NextTokenLoss
@@ -25,6 +26,38 @@ def test_text_mask_covers_completion_and_eos_only(tiny_model_dir: Path):
     assert seq.loss_mask[:n_prompt] == [0] * n_prompt
     assert all(seq.loss_mask[n_prompt:])
     assert trained_text(tokenizer, seq) == " very happy.<|endoftext|>"
+
+
+def test_a_prompt_longer_than_max_length_loses_its_start_not_the_response(tiny_model_dir: Path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    prompt = " ".join(["It is a truth universally acknowledged."] * 40)
+    seq = tokenize_sft(tokenizer, SFTRecord(prompt=prompt, completion=" Emma smiled."), max_length=64)
+    assert len(seq.input_ids) == 64 and seq.prompt_tokens_cut > 0
+    assert trained_text(tokenizer, seq) == " Emma smiled.<|endoftext|>"
+    assert tokenizer.decode(seq.input_ids).endswith("acknowledged. Emma smiled.<|endoftext|>")
+
+
+def test_max_length_is_capped_at_the_models_positions(tiny_model_dir: Path):
+    assert usable_length(str(tiny_model_dir), 256) == 128  # the tiny model reads 128 tokens
+    assert usable_length(str(tiny_model_dir), 64) == 64
+
+
+def test_a_data_file_that_is_not_utf8_is_one_line_at_the_cli(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(
+        '{"prompt": "Emma", "completion": " smiled."}\n{"prompt": "Caf\u00e9", "completion": "."}\n'.encode("latin-1")
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["sft", "--set", f"model={tiny_model_dir}", "--set", f"data={data}", "--set", f"output_dir={tmp_path}/out"]
+        )
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"{data}:2: not UTF-8 text (byte 60 of the file is 0xe9); re-save the file as UTF-8"
+    )
 
 
 def test_chat_mask_covers_assistant_turns_only(tiny_model_dir: Path):

@@ -16,9 +16,8 @@ import typer
 from pydantic import BaseModel
 from rich.markup import escape
 
-from rlhfkit.config import Config, ConfigError, config_help, load_config
+from rlhfkit.config import Config, UserError, config_help, load_config
 from rlhfkit.control.train import ControlConfig, control
-from rlhfkit.data.readers import DataError
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
@@ -63,27 +62,43 @@ def fields_table(cls: type[BaseModel]) -> str:
     return header + "\n\n" + "\n".join(lines)
 
 
-def stage_command(name: str, config_cls: type[Config], help_text: str, group: typer.Typer = app) -> Callable:
-    """Register `rlhfkit [GROUP] NAME [CONFIG] [--set key=value ...] [--resume]` running the decorated function."""
+def exit_on_user_error(work: Callable[[], Any]) -> None:
+    """Run `work`; a UserError (bad config, data, model path, output directory) is one red line and exit 2."""
+    try:
+        work()
+    except UserError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
 
-    resumable = "resume" in config_cls.model_fields  # stages without checkpoints do not offer --resume
+
+def stage_command(name: str, config_cls: type[Config], help_text: str, group: typer.Typer = app) -> Callable:
+    """Register `rlhfkit [GROUP] NAME [CONFIG] [--set key=value ...] [--resume] [--overwrite]` running the
+    decorated function."""
 
     def register(run: Callable[[Any], Any]) -> Callable:
         def command(
             config: ConfigArg = None,
             overrides: SetOpt = None,
             resume: bool = False,
+            overwrite: bool = False,
         ) -> None:
-            extra = ["resume=true"] if resume else []
-            try:
-                run(load_config(config_cls, config, [*(overrides or []), *extra]))
-            except (ConfigError, DataError) as exc:
-                typer.secho(str(exc), fg="red", err=True)
-                raise typer.Exit(2) from None
+            extra = [f"{flag}=true" for flag, given in (("resume", resume), ("overwrite", overwrite)) if given]
+            exit_on_user_error(lambda: run(load_config(config_cls, config, [*(overrides or []), *extra])))
 
-        # Set here, not in the signature: the option is hidden for stages without checkpoints.
+        # Set here, not in the signature: each flag is hidden for stages whose config lacks its field.
         command.__annotations__["resume"] = Annotated[
-            bool, typer.Option("--resume", help="continue from the last checkpoint", hidden=not resumable)
+            bool,
+            typer.Option(
+                "--resume", help="continue from the last checkpoint", hidden="resume" not in config_cls.model_fields
+            ),
+        ]
+        command.__annotations__["overwrite"] = Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="start afresh in an output_dir that holds a run, deleting its contents",
+                hidden="overwrite" not in config_cls.model_fields,
+            ),
         ]
         group.command(name, help=help_text, epilog=fields_table(config_cls))(command)
         return run
@@ -170,13 +185,13 @@ def _report(
     runs: Annotated[list[Path], typer.Argument(help="run directories (and the runs below them)")],
     overrides: SetOpt = None,
 ) -> None:
-    try:
+
+    def run() -> None:
         config = load_config(ReportConfig, None, overrides)
         config.runs = [str(run) for run in runs]
         print(report(config))
-    except (ConfigError, DataError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+
+    exit_on_user_error(run)
 
 
 app.add_typer(feedback_cli.app)  # serve, export and the `feedback` group

@@ -15,14 +15,20 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a config, a data file, a model path, an output directory): the CLI prints
+    its message as is and exits with status 2, no traceback."""
+
+
+class ConfigError(UserError):
     """A configuration that cannot be used; the message names the source and the field."""
 
 
 class Config(BaseModel):
-    """Base of every stage's configuration: unknown fields are rejected, assignments validated."""
+    """Base of every stage's configuration: unknown fields are rejected, assignments validated, and every
+    float field (nested, in tuples, optional) must be finite: `learning_rate=inf` or `nan` is an error."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -105,9 +111,11 @@ def load_config(cls: type[C], path: Path | str | None = None, overrides: list[st
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -45,6 +46,7 @@ class QuickstartConfig(Config):
     """The quickstart run; every stage's settings can be changed with --set (e.g. sft.epochs=1)."""
 
     output_dir: str = Field("runs/quickstart", description="where every stage writes its outputs")
+    overwrite: bool = Field(False, description="rerun into an output_dir that holds a quickstart, replacing it")
     prompts: str = Field("demo-prompts", description="held-out prompts for the samples")
     show: int = Field(6, ge=1, description="how many prompts to sample before and after")
     seed: int = Field(0, description="sampling seed (the same before and after)")
@@ -132,10 +134,15 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
 
 
+def stage_dir(config: QuickstartConfig, stage: str) -> dict[str, Any]:
+    """The settings that send a training stage to its folder of output_dir (replaced with --overwrite)."""
+    return {"output_dir": str(Path(config.output_dir) / stage), "overwrite": config.overwrite}
+
+
 def quickstart(config: QuickstartConfig) -> None:
     output_dir = Path(config.output_dir)
     clock = StageClock()
-    sft_config = config.sft.model_copy(update={"output_dir": str(output_dir / "sft")})
+    sft_config = config.sft.model_copy(update=stage_dir(config, "sft"))
     prompts = [r.prompt for r in load_records(assets.resolve(config.prompts), "prompt")][: config.show]
     console.rule(f"1/6 SFT of {sft_config.model} on {sft_config.data}")
     with clock.stage("SFT, with samples before and after"):
@@ -165,7 +172,7 @@ def quickstart(config: QuickstartConfig) -> None:
                     "model": str(sft_dir),
                     "rewards": [RewardSource(source=str(reward_dir))],
                     "gold": config.labeler.gold,
-                    "output_dir": str(output_dir / "ppo"),
+                    **stage_dir(config, "ppo"),
                 }
             )
         )
@@ -176,7 +183,7 @@ def quickstart(config: QuickstartConfig) -> None:
                 update={
                     "model": str(sft_dir),
                     "data": str(best_vs_worst(output_dir / "labels.jsonl", output_dir / "dpo-pairs.jsonl")),
-                    "output_dir": str(output_dir / "dpo"),
+                    **stage_dir(config, "dpo"),
                 }
             )
         )
@@ -247,7 +254,7 @@ def train_reward_model(config: QuickstartConfig, sft_dir: Path, clock: StageCloc
         update={
             "model": str(sft_dir),
             "heads": {"reward": HeadData(data=str(labels), kind=config.labeler.kind)},
-            "output_dir": str(output_dir / "reward"),
+            **stage_dir(config, "reward"),
         }
     )
     with clock.stage("reward model"):

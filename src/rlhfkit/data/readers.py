@@ -9,6 +9,7 @@ skipped but counted); rows of every other format are `name[row I]` with a 0-base
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import os
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.config import UserError
+
 SUPPORTED_FORMATS = (
     ".jsonl, .json, .parquet, or a directory written by datasets' save_to_disk "
     "(DIR, or DIR::SPLIT to pick a split of a DatasetDict; the default split is 'train')"
@@ -24,7 +27,7 @@ SUPPORTED_FORMATS = (
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset that cannot be used; the message names the file and, where known, the row and field."""
 
 
@@ -58,10 +61,30 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
     return reader(source, name)
 
 
+def decode_utf8(data: bytes, name: str, first_line: int = 1, offset: int = 0) -> str:
+    """`data` as text; bytes that are not UTF-8 are a DataError naming the line and the byte offset in the file.
+
+    A leading byte-order mark (written by some Windows tools, and unreadable to json) is dropped.
+    `first_line` and `offset` place `data` in its file when it is one line of it.
+    """
+    if offset == 0 and data.startswith(codecs.BOM_UTF8):
+        data, offset = data[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + data.count(b"\n", 0, error.start)
+        raise DataError(
+            f"{name}:{line}: not UTF-8 text (byte {offset + error.start} of the file is {data[error.start]:#04x}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
 def _read_jsonl(path: Path, name: str) -> Iterator[Row]:
-    # utf-8-sig: files written by some Windows tools start with a byte-order mark json cannot parse.
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:  # bytes, decoded line by line: a bad byte is then placed on its line
+        offset = 0
+        for number, raw in enumerate(lines, start=1):
+            line = decode_utf8(raw, name, number, offset)
+            offset += len(raw)
             if line.strip():
                 location = f"{name}:{number}"
                 try:
@@ -73,7 +96,7 @@ def _read_jsonl(path: Path, name: str) -> Iterator[Row]:
 
 def _read_json(path: Path, name: str) -> Iterator[Row]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        document = json.loads(decode_utf8(path.read_bytes(), name))
     except json.JSONDecodeError as error:
         raise DataError(f"{name}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from None
     return _indexed(name, _json_rows(document, name))

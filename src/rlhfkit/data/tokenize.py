@@ -13,7 +13,7 @@ from typing import Any, cast
 from transformers import PreTrainedTokenizerBase
 
 from rlhfkit.data.records import SFTRecord
-from rlhfkit.training.batching import TokenSequence
+from rlhfkit.training.batching import TokenSequence, fit_to_length
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -52,8 +52,8 @@ def record_pieces(tokenizer: PreTrainedTokenizerBase, record: SFTRecord) -> list
     return chat_pieces(tokenizer, _messages(record.prompt) + _messages(record.completion))
 
 
-def tokenize_sft(tokenizer: PreTrainedTokenizerBase, record: SFTRecord, max_length: int) -> TokenSequence:
-    """Token ids and the response-only loss mask, truncated to `max_length` tokens."""
+def sft_sequence(tokenizer: PreTrainedTokenizerBase, record: SFTRecord) -> TokenSequence:
+    """Token ids and the response-only loss mask of the whole record."""
     ids: list[int] = []
     mask: list[int] = []
     for index, (text, trained) in enumerate(record_pieces(tokenizer, record)):
@@ -61,7 +61,12 @@ def tokenize_sft(tokenizer: PreTrainedTokenizerBase, record: SFTRecord, max_leng
         piece = tokenizer(text, add_special_tokens=index == 0)["input_ids"]
         ids += piece
         mask += [int(trained)] * len(piece)
-    return TokenSequence(ids[:max_length], mask[:max_length])
+    return TokenSequence(ids, mask)
+
+
+def tokenize_sft(tokenizer: PreTrainedTokenizerBase, record: SFTRecord, max_length: int) -> TokenSequence:
+    """`sft_sequence` fitted to `max_length` tokens (`fit_to_length`: the prompt loses its start first)."""
+    return fit_to_length(sft_sequence(tokenizer, record), max_length)
 
 
 def pack(sequences: list[TokenSequence], max_length: int) -> list[TokenSequence]:

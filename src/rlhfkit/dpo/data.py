@@ -21,8 +21,8 @@ from transformers import PreTrainedTokenizerBase
 from rlhfkit.data.convert import prompt_key, to_preferences
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import PreferenceRecord, Record, SFTRecord, Text, UnpairedRecord
-from rlhfkit.data.tokenize import tokenize_sft
-from rlhfkit.training.batching import TokenSequence
+from rlhfkit.data.tokenize import sft_sequence
+from rlhfkit.training.batching import TokenSequence, cut_prompts_note, fit_to_length
 
 Kind = Literal["preference", "ranking", "rating", "edit", "unpaired"]  # record kinds DPO and KTO read
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -64,14 +64,14 @@ class Example:
 def tokenize_response(
     tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text, max_length: int
 ) -> TokenSequence:
-    """prompt + response, truncated to `max_length`, with the loss mask on the response only.
+    """prompt + response, fitted to `max_length` (`fit_to_length`), with the loss mask on the response only.
 
     Text: the response plus EOS. Chat: the response's assistant turns; assistant turns inside the prompt
-    (earlier turns of the conversation) are context, so their trained runs are cleared.
+    (earlier turns of the conversation) are context, so their trained runs are cleared before fitting.
     """
-    seq = tokenize_sft(tokenizer, SFTRecord(prompt=prompt, completion=response), max_length)
+    seq = sft_sequence(tokenizer, SFTRecord(prompt=prompt, completion=response))
     context_turns = 0 if isinstance(prompt, str) else sum(m.role == "assistant" for m in prompt)
-    return TokenSequence(seq.input_ids, _clear_first_runs(seq.loss_mask, context_turns))
+    return fit_to_length(TokenSequence(seq.input_ids, _clear_first_runs(seq.loss_mask, context_turns)), max_length)
 
 
 def _clear_first_runs(mask: list[int], runs: int) -> list[int]:
@@ -118,10 +118,8 @@ def build_examples(
         ]
     else:
         examples = [Example((response(p.prompt, p.chosen, True), response(p.prompt, p.rejected, False))) for p in pairs]
-    kept = [e for e in examples if all(any(r.tokens.loss_mask) for r in e.all_responses)]
-    if len(kept) < len(examples):
-        notes.append(f"{len(examples) - len(kept)} examples left out: the prompt fills max_length={max_length}")
-    return kept, notes
+    notes += cut_prompts_note([r.tokens for e in examples for r in e.all_responses], max_length, "responses")
+    return examples, notes
 
 
 def _other_prompt(judged: list[tuple[Text, Text, bool]]) -> list[int]:

@@ -34,9 +34,9 @@ from rlhfkit.data.records import load_records
 from rlhfkit.dpo.data import Example, Kind, build_examples, with_reference
 from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
-from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
+from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer, usable_length
 from rlhfkit.training.batching import BatchOrder, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint
+from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import Metrics, StepMetrics
@@ -53,7 +53,7 @@ class DPOConfig(TrainSettings):
     data_kind: Kind = Field("preference", description="record kind of data/eval_data; unpaired needs loss=kto")
     eval_data: str | None = Field(None, description="held-out judgements (default: a split of `data` by prompt)")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of prompts held out when eval_data is unset")
-    max_length: int = Field(256, ge=2, description="tokens per prompt + response; longer ones are truncated")
+    max_length: int = Field(256, ge=2, description="tokens per prompt + response; the prompt loses its start first")
     loss: str = Field("sigmoid", description=f"preference loss: {', '.join(LOSSES)}")
     beta: float = Field(0.1, gt=0, description="β: strength of the KL anchor to the reference (IPO's τ)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="cdpo: probability ε that a label is flipped")
@@ -199,6 +199,7 @@ def train_on_preferences(
             mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
             parts = [[train[i] for i in part] for part in chunks(mine, config.micro_batch_size)]
             metrics = optimizer_step(accelerator, policy, objective, parts, config)
+            stop_if_diverged(accelerator, {"dpo/loss": metrics["dpo/loss"]}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -237,8 +238,9 @@ def load_examples(
     else:
         records, held = split_by_prompt(records, config.eval_fraction, config.seed)
     unpaired = config.loss in UNPAIRED_LOSSES
-    train, notes = build_examples(records, config.data_kind, unpaired, tokenizer, config.max_length)
-    held_out, held_notes = build_examples(held, config.data_kind, unpaired, tokenizer, config.max_length)
+    max_length = usable_length(config.model, config.max_length)
+    train, notes = build_examples(records, config.data_kind, unpaired, tokenizer, max_length)
+    held_out, held_notes = build_examples(held, config.data_kind, unpaired, tokenizer, max_length)
     if not train:
         raise DataError(f"{config.data}: no usable training examples ({'; '.join(notes) or 'empty'})")
     return train, held_out, notes + [f"held out: {n}" for n in held_notes]

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit import assets
 from rlhfkit.data.readers import DataError, read_rows
 from rlhfkit.judging.judges import choice_distribution
+from rlhfkit.models.loading import context_length
 from rlhfkit.scores import expected_calibration_error
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -133,11 +134,6 @@ def calibration(probabilities: torch.Tensor, answers: torch.Tensor, bins: int = 
 # Option probabilities from a policy.
 
 
-def _context_size(model: PreTrainedModel) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def continuation(question: str, option: str) -> str:
     """The text scored after the question: the option, after a space unless one is already there."""
     return option if question[-1:].isspace() or option[:1].isspace() else " " + option
@@ -152,7 +148,7 @@ def continuation_probabilities(
     The question and option are tokenized apart (so every option follows the same question tokens); a
     question too long for the context loses its oldest tokens. `batch_size` items at a time.
     """
-    limit = _context_size(model)
+    limit = context_length(model.config)
     out = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from rlhfkit.feedback.schema import Item, Judgment, Project, User
 from rlhfkit.feedback.store import Conflict, Store
 from rlhfkit.generation.sampling import SamplingSettings, render_prompt, sample
-from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.models.loading import context_length, load_model, load_tokenizer
 
 SETTINGS = SamplingSettings(max_new_tokens=64, temperature=0.9)
 MAX_MESSAGE_CHARS = 4000  # one message; the model sees only what fits its window anyway
@@ -73,8 +73,7 @@ def say(store: Store, project: Project, user: User, conversation: str, message: 
         return state.pending  # pick a reply first; a resent message does not fork the conversation
     messages = [*state.messages, {"role": "user", "content": message}]
     model, tokenizer = _model(project.chat_model)
-    config = model.config
-    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+    context = context_length(model.config) or 2048
     shown = fit_to_window(tokenizer, messages, context - SETTINGS.max_new_tokens)
     turn = len(messages) // 2
     seed = zlib.crc32(f"{conversation}:{turn}".encode())

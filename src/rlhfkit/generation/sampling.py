@@ -1,7 +1,8 @@
 """Batched sampling with the KV cache (transformers' `generate`), stopping at EOS.
 
 Prompts are left-padded so every row's next token is at the same position; after a row's EOS, its
-remaining positions hold the pad token and are outside `response_mask`.
+remaining positions hold the pad token and are outside `response_mask`. A prompt too long for the model's
+context with max_new_tokens after it loses its start (`prompt_limit`), as the trainers' prompts do.
 
 With `seeds`, each row draws its own noise: a row's sample depends on its seed, not on which rows share
 its batch or on the global random state. PPO uses that so a run split over processes, or resumed from a
@@ -24,7 +25,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from rlhfkit.config import Config
+from rlhfkit.config import Config, ConfigError
+from rlhfkit.models.loading import context_length
 from rlhfkit.training.batching import TokenSequence
 
 
@@ -55,6 +57,18 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
         return prompt
     messages = [m if isinstance(m, dict) else m.model_dump() for m in prompt]
     return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def prompt_limit(model: PreTrainedModel, max_new_tokens: int) -> int | None:
+    """The most prompt tokens that leave room for `max_new_tokens` in the model's context (None: no limit)."""
+    context = context_length(model.config)
+    if context is None:
+        return None
+    if max_new_tokens >= context:
+        raise ConfigError(
+            f"sampling.max_new_tokens={max_new_tokens} leaves no room for a prompt in a {context}-token context"
+        )
+    return context - max_new_tokens
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -97,8 +111,11 @@ def sample(
 ) -> Samples:
     """One response per prompt; with `seeds` (one per prompt), each row samples from its own generator."""
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"  # too long a prompt loses its start, as in training
     rendered = [render_prompt(tokenizer, p) for p in prompts]
-    encoded = tokenizer(rendered, return_tensors="pt", padding=True).to(model.device)
+    limit = prompt_limit(model, settings.max_new_tokens)
+    encoded = tokenizer(rendered, return_tensors="pt", padding=True, truncation=limit is not None, max_length=limit)
+    encoded = encoded.to(model.device)
     seeded = seeds is not None and settings.do_sample
     native = settings.do_sample and not seeded  # transformers' own sampling, from the global generator
     output = model.generate(  # type: ignore[operator]  # GenerationMixin's, not a Module attribute

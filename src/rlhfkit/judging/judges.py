@@ -225,15 +225,14 @@ class LocalJudge:
     """
 
     def __init__(self, settings: JudgeSettings) -> None:
-        from rlhfkit.models.loading import load_model, load_tokenizer
+        from rlhfkit.models.loading import context_length, load_model, load_tokenizer
 
         self.name = settings.model
         self.settings = settings
         self.tokenizer = load_tokenizer(settings.model, padding_side="left")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model(settings.model, self.tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
-        config = self.model.config
-        self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self.context = context_length(self.model.config)
 
     def _render(self, conversation: Conversation) -> str:
         try:

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from rlhfkit import assets
-from rlhfkit.config import Config
+from rlhfkit.config import Config, UserError
 
 console = Console(stderr=True)
 
@@ -41,13 +41,49 @@ class LoraSettings(Config):
     target_modules: str | list[str] = Field("all-linear", description="modules that get adapters")
 
 
+class ModelNotFoundError(UserError):
+    """A model name or path that names no loadable model; the message says where it was looked for."""
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map an rlhfkit default name to its local directory; anything else is passed to from_pretrained."""
+    """Map an rlhfkit default name to its local directory; anything else is passed to from_pretrained,
+    once `check_model_source` has found it."""
     if name_or_path == "smollm2-135m-instruct":
         from rlhfkit.models.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    return assets.resolve(name_or_path)
+    path = assets.resolve(name_or_path)
+    check_model_source(name_or_path, path)
+    return path
+
+
+def check_model_source(name: str, path: str) -> None:
+    """A ModelNotFoundError unless `path` is a directory written by save_pretrained (a model's config.json or
+    a tokenizer's tokenizer_config.json) or a hub id that can be fetched: online, or offline (HF_HUB_OFFLINE)
+    with its config.json in the hub cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not any((local / saved).is_file() for saved in ("config.json", "tokenizer_config.json")):
+            raise ModelNotFoundError(
+                f"model {name}: {local.resolve()} is a directory without config.json or tokenizer_config.json"
+            )
+        return
+    looks_local = local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+    if looks_local:
+        raise ModelNotFoundError(f"model {name}: no such directory {local.resolve()}")
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        raise ModelNotFoundError(
+            f"model {name}: no directory {local.resolve()}, and no hub model {path!r} in the local hub cache "
+            "(HF_HUB_OFFLINE is set, so nothing is downloaded)"
+        )
+
+
+def usable_length(name_or_path: str, max_length: int) -> int:
+    """`max_length`, or the model's own context if that is shorter: a longer sequence would index past it."""
+    context = context_length(AutoConfig.from_pretrained(resolve_model_path(name_or_path)))
+    return min(max_length, context or max_length)
 
 
 # The same function as one fused kernel: GPT-2's "gelu_new" is the tanh GELU written as five element-wise
@@ -78,7 +114,11 @@ def ensure_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token distinct from EOS (added if the checkpoint has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as error:  # a hub id that could not be fetched (online): HF's first line says why
+        raise ModelNotFoundError(f"model {name_or_path}: {str(error).splitlines()[0]}") from None
     if ensure_distinct_pad(tokenizer):
         console.print(f"[yellow]{name_or_path}: added pad token {PAD_TOKEN!r} (pad must differ from EOS)")
     tokenizer.padding_side = padding_side

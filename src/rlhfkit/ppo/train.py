@@ -33,7 +33,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data.corpus import blocks, read_paragraphs
 from rlhfkit.data.records import Text, load_records, read_prompts
 from rlhfkit.data.tokenize import tokenize_sft
-from rlhfkit.generation.sampling import SamplingSettings
+from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
@@ -51,11 +51,11 @@ from rlhfkit.ppo.rollout import (
 from rlhfkit.reward.ensemble import is_reward_model
 from rlhfkit.scores import GoldFunction, gold_function
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint
+from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import StepMetrics
-from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.progress import MetricsLog, progress_bar, trim_rows
 from rlhfkit.training.runtime import finish_run, start_run
 
 
@@ -315,8 +315,8 @@ def train_ppo(
     start = resume(accelerator, output_dir) if config.resume else 0
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
     samples_file = output_dir / "samples.jsonl"
-    if accelerator.is_main_process and start == 0:
-        samples_file.unlink(missing_ok=True)
+    if accelerator.is_main_process:
+        trim_rows(samples_file, before=start + 1)  # a resumed run writes the later steps' samples again
     if start == 0 and eval_prompts:  # the starting policy, so every run shows what training changed
         log.write(0, rollouts.evaluate(eval_prompts))
     metrics: dict[str, float] = {}
@@ -331,6 +331,8 @@ def train_ppo(
             kl.update(metrics["kl/penalty"], config.batch_size)
             rollout_seconds = time.perf_counter() - started
             metrics |= ppo_update(state, rollout, step)
+            losses = {key: metrics[key] for key in ("ppo/policy_loss", "value/loss")}
+            stop_if_diverged(accelerator, losses, step, output_dir)
             seconds = time.perf_counter() - started
             metrics |= {
                 "perf/episodes_per_s": config.batch_size / seconds,
@@ -372,6 +374,12 @@ def load_ptx(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> list[Toke
     return [tokenize_sft(tokenizer, r, config.ptx_max_length) for r in load_records(path, "sft")]
 
 
+def count_long_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Text], limit: int | None) -> int:
+    """How many prompts `sample` will cut to `limit` tokens."""
+    lengths = (len(tokenizer(render_prompt(tokenizer, p))["input_ids"]) for p in prompts)
+    return 0 if limit is None else sum(n > limit for n in lengths)
+
+
 def reward_model_source(config: PPOConfig) -> str | None:
     """The first reward-model directory among the reward terms (what critic=reward starts from)."""
     return next((r.source for r in config.rewards if is_reward_model(r.source)), None)
@@ -389,6 +397,11 @@ def ppo(config: PPOConfig) -> Path:
     eval_prompts = read_prompts(config.eval_prompts, config.eval_size) if config.eval_prompts else []
     set_seed(config.seed)  # a pad token added to the vocabulary gets a seeded embedding
     policy = load_model(config.model, tokenizer, config.lora)
+    limit = prompt_limit(policy, config.sampling.max_new_tokens)
+    if long := count_long_prompts(tokenizer, prompts + eval_prompts, limit):
+        accelerator.print(
+            f"[data] {long} prompts longer than {limit} tokens (context - max_new_tokens) lose their start"
+        )
     model = build_actor_critic(
         policy, config.model, tokenizer, config.critic, reward_model_source(config), config.sampling.temperature
     )

@@ -39,6 +39,10 @@ class Comparison:
                     out.append((i, j, False) if self.ranks[i] < self.ranks[j] else (j, i, False))
         return out
 
+    def informative_pairs(self) -> int:
+        """Pairs that say which reply is better: neither tied nor a reply compared with itself."""
+        return sum(not tie and self.responses[i] != self.responses[j] for i, j, tie in self.pairs())
+
 
 def from_pair(pair: PreferenceRecord, head: int, use_margin: bool) -> Comparison:
     margin = pair.margin if use_margin and pair.margin is not None and not pair.tie else 0.0

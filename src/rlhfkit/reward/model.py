@@ -197,8 +197,14 @@ class RewardModel(nn.Module):
         last = last_index(attention_mask)  # (B,)
         return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])  # (B, H)
 
+    @property
+    def token_limit(self) -> int:
+        """max_length, or fewer if the backbone has fewer positions (a longer sequence would index past them)."""
+        context = context_length(self.backbone.config)
+        return min(self.max_length, context or self.max_length)
+
     def encode(self, prompt: Text, response: Text) -> list[int]:
-        """Token ids of prompt + response, as the model reads them, at most `max_length` long.
+        """Token ids of prompt + response, as the model reads them, at most `token_limit` long.
 
         causal_lm: prompt tokens, then response tokens and EOS, so the reward is read at the EOS that
         follows the whole reply; too long a sequence loses its start (the read token must stay).
@@ -214,8 +220,8 @@ class RewardModel(nn.Module):
                 + tok(cast(str, response) + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
             )
         else:
-            return tok(prompt, response, truncation=True, max_length=self.max_length)["input_ids"]
-        return ids[-self.max_length :] if self.kind == "causal_lm" else ids[: self.max_length]
+            return tok(prompt, response, truncation=True, max_length=self.token_limit)["input_ids"]
+        return ids[-self.token_limit :] if self.kind == "causal_lm" else ids[: self.token_limit]
 
     def collate(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (input_ids, attention_mask) on the model's device."""

@@ -40,7 +40,7 @@ from rlhfkit.reward.ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.evaluate import evaluate
 from rlhfkit.reward.model import CONFIG_FILE, RewardModel
 from rlhfkit.training.batching import BatchOrder, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint
+from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import build_optimizer
 from rlhfkit.training.progress import MetricsLog, progress_bar
@@ -137,6 +137,7 @@ def train_member(
             mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
             batches = [collate([data[i] for i in part], pad_id) for part in chunks(mine, settings.micro_batch_size)]
             metrics = _optimizer_step(accelerator, wrapped, batches, share, settings.max_grad_norm)
+            stop_if_diverged(accelerator, {"rm/loss": metrics["rm/loss"]}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -160,7 +161,11 @@ def train_member(
 
 
 def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison]]:
-    """(train, held-out) comparisons of every head, each tagged with its head's index."""
+    """(train, held-out) comparisons of every head, each tagged with its head's index.
+
+    A head whose training data has no pair saying which reply is better (all ties, or chosen == rejected)
+    is a DataError; held-out data without one only gets a warning, as no accuracy can be measured on it.
+    """
     train, held_out = [], []
     for head, (name, spec) in enumerate(config.heads.items()):
         if spec.data is None:
@@ -170,6 +175,16 @@ def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison]
             held = load_comparisons(spec.eval_data, spec.kind, head, config.margin)
         else:
             data, held = split_by_prompt(data, config.eval_fraction, config.seed)
+        if not sum(c.informative_pairs() for c in data):
+            raise DataError(
+                f"heads.{name}: {spec.data}: no usable training pairs: all {len(data)} comparisons are ties "
+                "or compare a reply with itself"
+            )
+        if held and not sum(c.informative_pairs() for c in held):
+            console.print(
+                f"[yellow]heads.{name}: the {len(held)} held-out comparisons are all ties or compare a reply with "
+                "itself: no held-out accuracy can be measured"
+            )
         train += data
         held_out += held
     return train, held_out

@@ -14,8 +14,8 @@ from pydantic import Field
 from rlhfkit import assets
 from rlhfkit.data.records import load_records
 from rlhfkit.data.tokenize import pack, tokenize_sft
-from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
-from rlhfkit.training.batching import TokenSequence
+from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer, usable_length
+from rlhfkit.training.batching import TokenSequence, cut_prompts_note
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
 from rlhfkit.training.runtime import finish_run, start_run
@@ -28,7 +28,9 @@ class SFTConfig(TrainSettings):
     data: str = Field("demo-sft", description="SFT data: JSONL/JSON/Parquet file, save_to_disk dir, or 'demo-sft'")
     eval_data: str | None = Field(None, description="held-out SFT data (default: a split of `data`)")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of `data` held out when eval_data is unset")
-    max_length: int = Field(256, ge=2, description="tokens per sequence; longer examples are truncated")
+    max_length: int = Field(
+        256, ge=2, description="tokens per example; longer: the prompt loses its start (to half), the reply its end"
+    )
     packing: bool = Field(False, description="pack several examples into each max_length row")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters")
     output_dir: str = Field("runs/sft", description="where checkpoints, metrics.jsonl and the model go")
@@ -52,13 +54,16 @@ def sft(config: SFTConfig) -> Path:
     """Tune `config.model` on `config.data`; returns the directory of the saved model."""
     accelerator = start_run(config, config)
     tokenizer = load_tokenizer(config.model)
-    train_data = tokenize_file(config.data, tokenizer, config.max_length)
+    max_length = usable_length(config.model, config.max_length)
+    train_data = tokenize_file(config.data, tokenizer, max_length)
     if config.eval_data is not None:
-        eval_data = tokenize_file(config.eval_data, tokenizer, config.max_length)
+        eval_data = tokenize_file(config.eval_data, tokenizer, max_length)
     else:
         train_data, eval_data = split(train_data, config.eval_fraction, config.seed)
+    for note in cut_prompts_note(train_data + eval_data, max_length, "examples"):
+        accelerator.print(f"[data] {note}")
     if config.packing:
-        train_data = pack(train_data, config.max_length)
+        train_data = pack(train_data, max_length)
     model = load_model(config.model, tokenizer, config.lora)
     accelerator.print(f"SFT of {config.model}: {len(train_data)} training sequences, {len(eval_data)} held out")
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)

@@ -18,6 +18,35 @@ class TokenSequence:
 
     input_ids: list[int]
     loss_mask: list[int]
+    prompt_tokens_cut: int = 0  # tokens `fit_to_length` took off the start of the prompt
+
+
+def context_window(prompt: int, response: int, max_length: int) -> tuple[int, int]:
+    """How many (prompt, response) tokens of a too-long example fit in `max_length`: the rule of every trainer.
+
+    The prompt loses its start first, but keeps at least half of max_length (all of itself if shorter);
+    the response then has the rest. So a prompt longer than the context never leaves a row with nothing
+    to train, and a short prompt is never cut to fit a long response.
+    """
+    if prompt + response <= max_length:
+        return prompt, response
+    kept_prompt = min(prompt, max(max_length - response, max_length // 2))
+    return kept_prompt, max_length - kept_prompt
+
+
+def fit_to_length(seq: TokenSequence, max_length: int) -> TokenSequence:
+    """`seq` within `max_length` tokens by `context_window`; the prompt is everything before the first trained
+    token, and the response keeps its start (it is trained left to right)."""
+    prompt = seq.loss_mask.index(1) if 1 in seq.loss_mask else len(seq.loss_mask)
+    kept_prompt, kept_response = context_window(prompt, len(seq.input_ids) - prompt, max_length)
+    start, end = prompt - kept_prompt, prompt + kept_response
+    return TokenSequence(seq.input_ids[start:end], seq.loss_mask[start:end], start)
+
+
+def cut_prompts_note(sequences: list[TokenSequence], max_length: int, what: str) -> list[str]:
+    """A log line counting the sequences whose prompt lost its start (none when no prompt was cut)."""
+    cut = sum(s.prompt_tokens_cut > 0 for s in sequences)
+    return [f"{cut} {what} longer than max_length={max_length}: their prompts lost their start"] if cut else []
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhfkit.config import Config
 
@@ -32,3 +32,10 @@ class TrainSettings(Config):
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (GPU)")
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir")
+    overwrite: bool = Field(False, description="start afresh in an output_dir that holds a run, deleting its contents")
+
+    @model_validator(mode="after")
+    def _resume_or_overwrite(self) -> TrainSettings:
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the run in output_dir and overwrite deletes it: set one of them")
+        return self

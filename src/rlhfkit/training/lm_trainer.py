@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from rlhfkit.models.logprobs import lm_parts, target_logprobs
 from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, chunks, pad_batch, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint
+from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
 
@@ -161,6 +161,7 @@ def train_causal_lm(
                 )
             ]
             loss, grad_norm, n_targets = _optimizer_step(accelerator, loss_model, batches, settings.max_grad_norm)
+            stop_if_diverged(accelerator, {"train/loss": loss}, step, output_dir)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -108,12 +108,32 @@ def _summary_writer() -> type | None:
     return SummaryWriter
 
 
+def trim_rows(path: Path, before: int) -> None:
+    """Keep the rows of a step-numbered JSONL file (metrics.jsonl, samples.jsonl) whose step is below `before`.
+
+    What a resumed run writes again goes, and so does a torn last line (a kill in mid-write) and anything
+    after it.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row["step"] < before:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 class MetricsLog:
     """Appends one JSON object per logging step to `metrics.jsonl` (main process only), and writes the same
     scalars as TensorBoard events in `tensorboard/` beside it when tensorboard is installed.
 
-    A run resumed from step N keeps the lines up to N and drops later ones, which the resumed run
-    writes again: the file then reads as one uninterrupted run.
+    A run resumed from step N keeps the lines up to N and drops later ones (and a line torn by the kill),
+    which the resumed run writes again: the file then reads as one uninterrupted run. A run that starts at
+    step 0 starts an empty file.
     """
 
     def __init__(self, path: Path, enabled: bool, resume_after: int = 0) -> None:
@@ -123,10 +143,7 @@ class MetricsLog:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if resume_after and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_after]
-        path.write_text("".join(line + "\n" for line in kept))
+        trim_rows(path, before=resume_after + 1 if resume_after else 0)
         writer = _summary_writer()
         if writer is not None:
             self.tensorboard = writer(str(path.parent / "tensorboard"), purge_step=resume_after + 1)

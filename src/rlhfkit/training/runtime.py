@@ -1,12 +1,24 @@
-"""Process set-up shared by every command that trains: threads, accelerate, the resolved config on disk."""
+"""Process set-up shared by every command that trains: threads, accelerate, the output directory, and the
+resolved config on disk.
+
+The output directory of a run holds one run. A fresh run (no --resume) refuses a directory that holds a
+run already (a metrics.jsonl or checkpoints/, in it or in a member-* folder), unless `overwrite` clears it
+first. A resumed run compares its config with the saved config.yaml: fields that change what the run
+computes must match; those in RESUMABLE_CHANGES (how long it runs, how often it logs, evaluates and saves)
+may differ, and are listed. config.yaml is written once those checks pass, so a refused run leaves the old
+one in place.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -39,6 +51,84 @@ def check_launch(launched: int, joined: int) -> None:
         raise ConfigError(f"`accelerate launch --cpu --num_processes N` starts one process: {LAUNCH_HELP}")
 
 
+RUN_MARKERS = ("metrics.jsonl", "checkpoints")  # what a run that began training leaves in its output_dir
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "overwrite", "max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "log_every",
+     "log_samples", "num_threads"}
+)  # fmt: skip
+
+
+def run_markers(output_dir: Path) -> list[str]:
+    """The signs of an earlier run in `output_dir` (an ensemble's members have theirs one level down)."""
+    found = [*output_dir.glob("*"), *output_dir.glob("*/*")] if output_dir.is_dir() else []
+    return sorted(str(p.relative_to(output_dir)) for p in found if p.name in RUN_MARKERS)
+
+
+def clear_output_dir(output_dir: Path) -> None:
+    """Delete everything in `output_dir`."""
+    for child in output_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config values as {dotted.name: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted field: (saved value, current value)} of every field that differs (missing: None)."""
+    old, new = flatten(saved), flatten(current)
+    keys = sorted(old.keys() | new.keys())
+    return {key: (old.get(key), new.get(key)) for key in keys if old.get(key) != new.get(key)}
+
+
+def check_resume(config: Config, saved_file: Path) -> list[str]:
+    """The allowed changes from the saved config, one line each; a ConfigError naming the others, if any."""
+    if not saved_file.exists():
+        return []
+    changes = config_changes(yaml.safe_load(saved_file.read_text()) or {}, config.model_dump(mode="json"))
+    lines = {key: f"{key}: {old!r} (saved) -> {new!r}" for key, (old, new) in changes.items()}
+    blocking = [line for key, line in lines.items() if key not in RESUMABLE_CHANGES]
+    if blocking:
+        raise ConfigError(
+            f"{saved_file}: --resume with a config that changes the run ({'; '.join(blocking)}): resume with the "
+            "saved values, or start afresh with --overwrite"
+        )
+    return [line for key, line in lines.items() if key not in ("resume", "overwrite")]
+
+
+def prepare_output_dir(config: Config, settings: TrainSettings, accelerator: Accelerator) -> None:
+    """Refuse, clear or check `output_dir` as the module docstring says, then write config.yaml."""
+    output_dir = Path(settings.output_dir)
+    found = run_markers(output_dir)  # every process decides alike, so all raise or none do
+    if settings.resume:
+        for line in check_resume(config, output_dir / "config.yaml"):
+            accelerator.print(f"[resume] changed: {line}")
+    elif found and not settings.overwrite:
+        raise ConfigError(
+            f"output_dir {output_dir} holds a run ({', '.join(found)}): continue it with --resume, "
+            "or start afresh with --overwrite (deletes its contents)"
+        )
+    elif found and Path.cwd().resolve().is_relative_to(output_dir.resolve()):
+        raise ConfigError(f"overwrite: output_dir {output_dir} contains the current directory; it is not deleted")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if found and settings.overwrite:
+            clear_output_dir(output_dir)
+            accelerator.print(f"overwrite: cleared {output_dir}")
+        dump_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+
 def start_run(config: Config, settings: TrainSettings) -> Accelerator:
     """An Accelerator for this process (DDP under torchrun), with the config saved and echoed."""
     if settings.num_threads:
@@ -60,9 +150,8 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
         raise ConfigError(
             f"batch_size {settings.batch_size} must be divisible by the {accelerator.num_processes} processes"
         )
-    if accelerator.is_main_process:
-        dump_config(config, Path(settings.output_dir) / "config.yaml")
-        accelerator.print(f"config: {config.model_dump(mode='json')}")
+    prepare_output_dir(config, settings, accelerator)
+    accelerator.print(f"config: {config.model_dump(mode='json')}")
     return accelerator
 
 
