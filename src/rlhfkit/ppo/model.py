@@ -101,14 +101,15 @@ def build_actor_critic(
     if reward_path is None:
         raise ConfigError("critic=reward needs a reward model among `rewards`")
     reward_model = load_reward_model(reward_path)
-    if not isinstance(reward_model, RewardModel) or reward_parts(reward_model) is None:
+    parts = reward_parts(reward_model) if isinstance(reward_model, RewardModel) else None
+    if not isinstance(reward_model, RewardModel) or parts is None:
         raise ConfigError(
             f"critic=reward: {reward_path} must be one reward model read at the last token: rlhfkit causal_lm, "
             "or a ...ForSequenceClassification with a `score` layer (not an ensemble or an encoder)"
         )
     if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"critic=reward: {reward_path} does not share the policy's tokenizer; use critic=policy")
-    return ActorCritic(policy, reward_parts(reward_model)[0], folded_reward_head(reward_model), temperature)
+    return ActorCritic(policy, parts[0], folded_reward_head(reward_model), temperature)
 
 
 def reward_parts(model: RewardModel) -> tuple[nn.Module, nn.Linear] | None:
@@ -117,7 +118,7 @@ def reward_parts(model: RewardModel) -> tuple[nn.Module, nn.Linear] | None:
     if model.head is not None:
         return model.backbone, model.head
     score = getattr(model.backbone, "score", None)
-    return (model.backbone.base_model, score) if isinstance(score, nn.Linear) else None
+    return (model.hf_backbone.base_model, score) if isinstance(score, nn.Linear) else None
 
 
 def zero_head(hidden_size: int) -> nn.Linear:

@@ -35,7 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -186,6 +186,18 @@ class RewardModel(nn.Module):
     def device(self) -> torch.device:
         return self.gain.device
 
+    @property
+    def hf_backbone(self) -> PreTrainedModel:
+        """The backbone as transformers types it (a PeftModel forwards `config`, `base_model`, ... to its model)."""
+        return cast(PreTrainedModel, self.backbone)
+
+    @property
+    def linear_head(self) -> nn.Linear:
+        """The causal_lm head; sequence_classification models have none."""
+        if self.head is None:
+            raise TypeError(f"a {self.kind} reward model has no linear head")
+        return self.head
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Raw (unnormalised) head outputs: (B, T) ids and 0/1 mask -> (B, H)."""
         if self.head is None:
@@ -200,7 +212,7 @@ class RewardModel(nn.Module):
     @property
     def token_limit(self) -> int:
         """max_length, or fewer if the backbone has fewer positions (a longer sequence would index past them)."""
-        context = context_length(self.backbone.config)
+        context = context_length(self.hf_backbone.config)
         return min(self.max_length, context or self.max_length)
 
     def encode(self, prompt: Text, response: Text) -> list[int]:
@@ -271,14 +283,14 @@ class RewardModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         if isinstance(self.backbone, PeftModel):
             self.backbone = self.backbone.merge_and_unload()
-        exported, offset = cast(PreTrainedModel, self.backbone), 0.0
+        exported, offset = self.hf_backbone, 0.0
         if self.head is not None:
             offset = self.move_constant_into_final_norm()
             exported = self.sequence_classifier()
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_FILE)
         exported.save_pretrained(path)
-        save_tokenizer(self.tokenizer, self.backbone.config, path)
-        about = {
+        save_tokenizer(self.tokenizer, self.hf_backbone.config, path)
+        about: dict[str, Any] = {
             "backbone": self.kind,
             "heads": self.head_names,
             "weights": self.weights,
@@ -313,7 +325,8 @@ class RewardModel(nn.Module):
     def combined_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w, c) with score = w·h + c for the backbone's last hidden state h, under the saved weights (causal_lm)."""
         weights = torch.tensor([float(self.weights.get(n, 0.0)) for n in self.head_names], device=self.device)
-        return fold_heads(self.head.weight, self.head.bias, weights * self.gain, weights * self.bias)
+        head = self.linear_head
+        return fold_heads(head.weight, head.bias, weights * self.gain, weights * self.bias)
 
     @torch.no_grad()
     def move_constant_into_final_norm(self) -> float:
@@ -321,39 +334,40 @@ class RewardModel(nn.Module):
         head's raw reward moves): afterwards score = w·h exactly, what a bias-free `score` layer computes.
         Returns the constant left out of w·h: 0, or c where no final-norm bias holds it."""
         w, c = self.combined_head()
-        norm = final_norm(self.backbone)
-        if norm is None or float(w @ w) == 0.0:
+        norm_bias = final_norm_bias(self.backbone)
+        if norm_bias is None or float(w @ w) == 0.0:
             return float(c)
         delta = c * w / (w @ w)
-        was_training, saved = self.backbone.training, norm.bias.clone()
+        was_training, saved = self.backbone.training, norm_bias.clone()
         self.backbone.eval()  # no dropout: the probe compares two forward passes
         probe = torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
         before = self.backbone(input_ids=probe).last_hidden_state
-        norm.bias.add_(delta)
+        norm_bias.add_(delta)
         moved = self.backbone(input_ids=probe).last_hidden_state - before
         self.backbone.train(was_training)
         if not torch.allclose(moved, delta.expand_as(moved), atol=1e-5, rtol=1e-4):
-            norm.bias.copy_(saved)  # the norm is not the backbone's last operation: leave it alone
+            norm_bias.copy_(saved)  # the norm is not the backbone's last operation: leave it alone
             return float(c)
-        self.head.bias.sub_(self.head.weight @ delta)
+        head = self.linear_head
+        head.bias.sub_(head.weight @ delta)
         return float(self.combined_head()[1])
 
-    def sequence_classifier(self) -> PreTrainedModel | nn.Module:
+    def sequence_classifier(self) -> PreTrainedModel:
         """The backbone inside its architecture's ...ForSequenceClassification, `score` = the combined head
         (shares the backbone's weights; for `save_pretrained`), or the backbone alone where that class reads
         no `score` layer."""
-        config = copy.deepcopy(self.backbone.config)
+        config = copy.deepcopy(self.hf_backbone.config)
         config.num_labels = 1
         config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
         try:
             with torch.device("meta"):  # its own random backbone is never built
                 classifier = AutoModelForSequenceClassification.from_config(config)
         except ValueError:  # no ...ForSequenceClassification for this model type
-            return self.backbone
+            return self.hf_backbone
         if not isinstance(getattr(classifier, "score", None), nn.Linear):
-            return self.backbone
+            return self.hf_backbone
         setattr(classifier, classifier.base_model_prefix, self.backbone)
-        classifier.score = nn.Linear(self.head.in_features, 1, bias=False, device=self.device)
+        classifier.score = nn.Linear(self.linear_head.in_features, 1, bias=False, device=self.device)
         with torch.no_grad():
             classifier.score.weight.copy_(self.combined_head()[0][None])
         return classifier
@@ -368,18 +382,19 @@ class HFRewardModel(RewardModel):
 
     def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, append_eos: bool = True) -> None:
         config = backbone.config
-        heads = ["reward"] if config.num_labels == 1 else [config.id2label[i] for i in range(config.num_labels)]
+        labels = cast(dict[int, str], config.id2label)  # the config's __post_init__ makes the keys ints
+        heads = ["reward"] if len(labels) == 1 else [labels[i] for i in range(len(labels))]
         super().__init__(backbone, tokenizer, heads, "sequence_classification", context_length(config) or 512)
         self.append_eos = append_eos
         self.keeps_end = isinstance(getattr(backbone, "score", None), nn.Linear)
 
     def encode(self, prompt: Text, response: Text) -> list[int]:
-        if isinstance(prompt, str) and isinstance(response, str):
-            text, eos = prompt + response, self.tokenizer.eos_token
+        if not isinstance(prompt, str):
+            ids = chat_ids(self.tokenizer, prompt, response)
+        else:
+            text, eos = prompt + cast(str, response), self.tokenizer.eos_token
             ids = self.tokenizer(text + eos if self.append_eos and eos and not text.endswith(eos) else text)
             ids = ids["input_ids"]
-        else:
-            ids = chat_ids(self.tokenizer, prompt, response)
         return ids[-self.max_length :] if self.keeps_end else ids[: self.max_length]
 
     @classmethod
@@ -400,7 +415,7 @@ def is_sequence_classifier(path: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in architectures)
 
 
-def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -> list[int]:
+def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[Message], response: Text) -> list[int]:
     """Token ids of a chat prompt with the reply as the assistant turn(s), through the chat template."""
     turns = [_as_dict(m) for m in prompt]
     turns += (
@@ -411,12 +426,12 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: Text, response: Text) -
     return tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)["input_ids"]
 
 
-def final_norm(backbone: nn.Module) -> nn.Module | None:
-    """The backbone's closing norm, if it has a bias (see FINAL_NORMS)."""
+def final_norm_bias(backbone: nn.Module) -> nn.Parameter | None:
+    """The bias of the backbone's closing norm, if it has one (see FINAL_NORMS)."""
     for name in FINAL_NORMS:
-        module = getattr(backbone, name, None)
-        if isinstance(getattr(module, "bias", None), nn.Parameter):
-            return module
+        bias = getattr(getattr(backbone, name, None), "bias", None)
+        if isinstance(bias, nn.Parameter):
+            return bias
     return None
 
 
