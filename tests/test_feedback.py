@@ -803,7 +803,7 @@ def test_requests_that_used_to_fail_with_500_get_4xx_and_store_nothing(store, tm
         data={"csrf": csrf},
         files={"file": ("latin.jsonl", '{"prompt": "café"}'.encode("latin-1"))},
     )
-    assert upload.status_code == 400 and "latin.jsonl: not UTF-8" in upload.text
+    assert upload.status_code == 400 and "latin.jsonl:1: not UTF-8" in upload.text
     assert admin.get("/projects/999/stats").status_code == 404 and admin.get("/projects/999/export").status_code == 404
     big = admin.post("/api/items/1", content=b"x" * (20 << 20), headers={"Content-Type": "application/json"})
     assert big.status_code == 413

@@ -26,7 +26,8 @@ ENTRY = {"__init__", "__main__", "cli"}
 # (importing stage, imported module): the names it may import. Each is a public loader of a saved artefact.
 ALLOWED: dict[tuple[str, str], set[str]] = {
     ("evaluation", "rlhfkit.reward.ensemble"): {"load_reward_model"},
-    ("ppo", "rlhfkit.reward.ensemble"): {"load_reward_model", "is_reward_model"},
+    # the loader, its check, and the files it looks for (named in the error for a source that is none)
+    ("ppo", "rlhfkit.reward.ensemble"): {"load_reward_model", "is_reward_model", "REWARD_MODEL_FILES"},
     ("ppo", "rlhfkit.reward.model"): {"RewardModel"},  # the type load_reward_model returns: critic=reward
     ("control", "rlhfkit.feedback.queue"): {"HumanLabelSettings", "Payload", "request_judgments"},
 }

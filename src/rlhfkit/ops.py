@@ -39,3 +39,13 @@ def last_index(mask: torch.Tensor) -> torch.Tensor:
     """
     positions = torch.arange(mask.shape[-1], device=mask.device)
     return (positions * mask.bool()).argmax(-1)
+
+
+def fold_heads(
+    weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_h s_h·(W_h·x + b_h) + Σ_h t_h as one linear map w·x + c.
+
+    (W (H, D), b (H,), s (H,), t (H,)) -> (w (D,), c ()).
+    """
+    return scale @ weight, scale @ bias + shift.sum()

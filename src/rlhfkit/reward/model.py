@@ -57,7 +57,7 @@ from rlhfkit.models.loading import (
     resolve_model_path,
     save_tokenizer,
 )
-from rlhfkit.ops import last_index
+from rlhfkit.ops import fold_heads, last_index
 
 Backbone = Literal["causal_lm", "sequence_classification"]
 CONFIG_FILE = "reward_model.json"
@@ -96,16 +96,6 @@ def combine(heads: torch.Tensor, names: list[str], weights: dict[str, float]) ->
         raise ValueError(f"no reward head named {', '.join(unknown)}; the heads are {', '.join(names)}")
     w = torch.tensor([float(weights.get(name, 0.0)) for name in names], dtype=heads.dtype)
     return heads @ w
-
-
-def fold_heads(
-    weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_h s_h·(W_h·x + b_h) + Σ_h t_h as one linear map w·x + c.
-
-    (W (H, D), b (H,), s (H,), t (H,)) -> (w (D,), c ()).
-    """
-    return scale @ weight, scale @ bias + shift.sum()
 
 
 class RewardModel(nn.Module):
