@@ -235,12 +235,11 @@ def check_export(env: Env, boss: Page, project: str, expected: list[dict[str, An
 
 def pair_record(item: Item, payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The export a pairwise payload must give, written out here independently of the app's own code."""
-    outcome = payload["outcome"]
-    if outcome not in ("tie", "preferred"):
-        return []  # both bad / can't tell: no order to learn from
-    best = 0 if outcome == "tie" else payload["preferred"]
+    if payload["outcome"] != "preferred":
+        return []  # both bad / can't tell: no order to learn from; ties are left out of exports by default
+    best, strength = payload["preferred"], payload["strength"]
     record = {"prompt": item.prompt, "chosen": item.responses[best], "rejected": item.responses[1 - best]}
-    return [record | ({"tie": True} if outcome == "tie" else {"strength": payload["strength"]})]
+    return [record | {"strength": strength, "margin": strength / 3}]  # TRL's margin: Llama 2's 1/3, 2/3, 1
 
 
 # --- signing in and access ----------------------------------------------------------------------------------
