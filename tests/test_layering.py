@@ -20,7 +20,8 @@ SRC = Path(rlhfkit.__file__).parent
 # Top-level modules and packages of src/rlhfkit/, by layer. Every one must be listed.
 SHARED = {"assets", "config", "data", "generation", "judging", "models", "ops", "scores", "training"}
 STAGES = {"control", "dpo", "evaluation", "feedback", "labeling", "ppo", "pretrain", "reward", "rlaif", "sft"}
-PIPELINES = {"loop", "quickstart"}  # run stages one after another through their public entry points
+# run stages one after another through their public entry points; `tutorials` reuse a stage's pure maths
+PIPELINES = {"loop", "quickstart", "tutorials"}
 ENTRY = {"__init__", "__main__", "cli"}
 
 # (importing stage, imported module): the names it may import. Each is a public loader of a saved artefact.
