@@ -146,7 +146,10 @@ def test_text_answers_are_parsed_and_position_bias_cancels_to_a_tie(tmp_path: Pa
     candidates = write_candidates(tmp_path / "c.jsonl", [[" sad.", " happy."]])
     with serve(script) as server:
         config = AILabelConfig(
-            candidates=candidates, output=str(tmp_path / "l.jsonl"), judge=settings(server.url, top_logprobs=0)
+            candidates=candidates,
+            output=str(tmp_path / "l.jsonl"),
+            judge=settings(server.url, top_logprobs=0),
+            ties="keep",  # the default leaves ties out; this test reads the tie
         )
         row = json.loads(label_ai(config).read_text())
         dropped = config.model_copy(update={"output": str(tmp_path / "d.jsonl"), "drop_same_position": True})
