@@ -1,4 +1,4 @@
-"""`rlhfkit quickstart`: the pipeline so far, offline, in minutes on a laptop CPU.
+"""`rlhfkit quickstart`: the pipeline so far, offline, in about 5 minutes on a 2-core CPU.
 
 SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuations of Austen sentence
 openings, with samples for held-out openings printed before and after; then K continuations per prompt
