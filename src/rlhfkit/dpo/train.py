@@ -41,6 +41,7 @@ from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import Metrics, StepMetrics
 from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.reduction import GlobalMean
 from rlhfkit.training.runtime import finish_run, start_run
 
 
@@ -135,7 +136,7 @@ def optimizer_step(
     accelerator: Accelerator, policy: nn.Module, objective: Objective, parts: list[list[Example]], settings: DPOConfig
 ) -> dict[str, float]:
     """Accumulate the gradient of the global-batch mean loss over this process's micro-batches; clip it."""
-    scale = accelerator.num_processes / settings.batch_size  # DDP averages gradients over processes
+    mean = GlobalMean.over(accelerator, sum(map(len, parts)))  # sequence-level: examples
     with accelerator.autocast():
         z0 = objective.reference_point(accelerator.unwrap_model(policy), parts, accelerator)
     step = StepMetrics()
@@ -143,7 +144,7 @@ def optimizer_step(
         last = i == len(parts) - 1  # DDP all-reduces gradients once, after the last micro-batch
         with contextlib.nullcontext() if last else accelerator.no_sync(policy), accelerator.autocast():
             loss_sum, metrics = objective.micro_batch(policy, part, z0)
-            accelerator.backward(loss_sum * scale)
+            accelerator.backward(mean(loss_sum))
         step.add(metrics)
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
     return step.mean(accelerator) | {"train/grad_norm": float(grad_norm)}

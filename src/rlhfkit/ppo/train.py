@@ -8,8 +8,8 @@ the last token, a per-token KL penalty to the frozen reference, GAE, whitened ad
 
 (PPO-ptx, InstructGPT eq. 2). `algo: a2c` makes one pass of the plain policy gradient instead.
 
-Losses are token means over the global minibatch: each process sums its token losses and divides by the
-global token count times the world size (DDP averages gradients), so two processes reproduce one. A
+Losses are token means over the global minibatch (`training.reduction.GlobalMean`), so two processes
+reproduce one. A
 minibatch is a seeded draw of global rows; each process trains on the drawn rows it sampled.
 """
 
@@ -56,6 +56,7 @@ from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import StepMetrics
 from rlhfkit.training.progress import MetricsLog, progress_bar, trim_rows
+from rlhfkit.training.reduction import GlobalMean
 from rlhfkit.training.runtime import finish_run, start_run
 
 
@@ -198,10 +199,6 @@ def ptx_loss(state: PPOState, sequences: list[TokenSequence]) -> tuple[torch.Ten
     return -logprobs.sum(), torch.tensor(float(logprobs.numel()))
 
 
-def global_sum(accelerator: Accelerator, value: float) -> float:
-    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="sum").item()
-
-
 def optimizer_update(
     state: PPOState, rollout: Rollout, members: list[int], update_index: int, metrics: StepMetrics
 ) -> None:
@@ -209,24 +206,24 @@ def optimizer_update(
     accelerator, config = state.accelerator, state.config
     rank, world = accelerator.process_index, accelerator.num_processes
     local = [g // world for g in members if g % world == rank]  # process r sampled rows r, r + W, ...
-    tokens = global_sum(accelerator, float(rollout.mask[local].sum()))
+    tokens = GlobalMean.over(accelerator, float(rollout.mask[local].sum()))  # token-level
     # a process with no row in this minibatch still takes part in DDP's gradient sync, with weight 0
     weight = 1.0 if local else 0.0
     parts = chunks(local or [0], config.micro_batch_size)
     if state.ptx_order is not None:
         ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
         ptx_parts = [[state.ptx[i] for i in part] for part in chunks(ptx_rows, config.micro_batch_size)]
-        ptx_tokens = global_sum(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
+        ptx_tokens = GlobalMean.over(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
         for ptx_part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
             with accelerator.no_sync(state.model), accelerator.autocast():
                 nll, count = ptx_loss(state, ptx_part)
-                accelerator.backward(config.ptx_coef * nll * world / max(ptx_tokens, 1.0))
+                accelerator.backward(ptx_tokens(config.ptx_coef * nll))
             metrics.add_total("ptx/loss", nll.detach(), count)
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(state.model), accelerator.autocast():
             loss, stats = ppo_losses(state, rollout, part)
-            accelerator.backward(weight * loss * world / max(tokens, 1.0))
+            accelerator.backward(tokens(weight * loss))
         if local:
             metrics.add(stats)
     grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm)

@@ -5,9 +5,9 @@ the data (a bootstrap resample for ensembles) → fit the normalisation on refer
 evaluate on the held-out comparisons and write `eval.json` next to the model.
 
 One batch element is one comparison (a pair, or a whole K-way ranking with each reply forwarded once).
-Under DDP (`accelerate launch`) every process takes batch_size / world comparisons of each global batch
-and its loss is scaled by (its micro-batch's comparisons / its share), so the gradient DDP averages is
-the mean over the global batch, as on one process. Normalisation, evaluation and saving run on the main
+Under DDP (`accelerate launch`) every process takes batch_size / world comparisons of each global batch;
+the loss is the mean over the global batch's comparisons (`training.reduction.GlobalMean`), as on one
+process. Normalisation, evaluation and saving run on the main
 process only.
 """
 
@@ -44,6 +44,7 @@ from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverge
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import build_optimizer
 from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.reduction import GlobalMean
 from rlhfkit.training.runtime import start_run
 
 console = Console()
@@ -91,14 +92,15 @@ def _optimizer_step(
     accelerator: Accelerator, model: nn.Module, batches: list[RewardBatch], share: int, max_grad_norm: float
 ) -> dict[str, float]:
     """Accumulate the gradient of the global batch's mean loss; metrics are averaged over the whole step."""
+    mean = GlobalMean.over(accelerator, sum(b.mask.shape[0] for b in batches))  # sequence-level: comparisons
     sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1  # DDP all-reduces gradients once, after the last micro-batch
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
                 loss, metrics = batch_loss(model, batch, accelerator.device)
-            weight = batch.mask.shape[0] / share  # this micro-batch's share of the process's comparisons
-            accelerator.backward(loss * weight)
+            accelerator.backward(mean(loss * batch.mask.shape[0]))  # the loss is the micro-batch's mean
+        weight = batch.mask.shape[0] / share  # this micro-batch's share of the process's comparisons
         for name, value in metrics.items():
             sums[name] = sums.get(name, torch.zeros((), device=accelerator.device)) + value * weight
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)

@@ -1,9 +1,8 @@
 """Next-token training of a causal LM on masked sequences: the one loop behind pretraining and SFT.
 
 Runs on accelerate, so one code path serves a laptop CPU and `accelerate launch` (DDP). The loss is the
-token-level mean over the whole global batch: each process sums its token losses and divides by the token
-count of the global batch, all-reduced, times the world size (DDP averages gradients over processes). So
-two processes give the gradient of one process with the same global batch, whatever the padding.
+token-level mean over the whole global batch (`reduction.GlobalMean`), so two processes give the gradient
+of one process with the same global batch, whatever the padding.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, ch
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.reduction import GlobalMean
 
 
 class NextTokenLoss(nn.Module):
@@ -110,20 +110,18 @@ def _optimizer_step(
 
     Returns (global mean NLL, gradient norm before clipping, trained targets in the global batch).
     """
-    world = accelerator.num_processes
-    local_targets = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)
-    targets = _all_reduce_sum(accelerator, torch.tensor(local_targets, device=accelerator.device)).clamp(min=1)
+    targets = GlobalMean.over(accelerator, sum(int(b.loss_mask[:, 1:].sum()) for b in batches))
     step_nll = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1  # DDP all-reduces gradients once, after the last micro-batch
         with contextlib.nullcontext() if last else accelerator.no_sync(loss_model):
             with accelerator.autocast():
                 nll, _ = loss_model(*_to(batch, accelerator.device))
-            accelerator.backward(nll * world / targets)
+            accelerator.backward(targets(nll))
         step_nll += nll.detach()
     grad_norm = accelerator.clip_grad_norm_(loss_model.parameters(), max_grad_norm)
-    loss = (_all_reduce_sum(accelerator, step_nll) / targets).item()
-    return loss, float(grad_norm), int(targets)
+    loss = (_all_reduce_sum(accelerator, step_nll) / targets.count).item()
+    return loss, float(grad_norm), int(targets.count)
 
 
 def train_causal_lm(
