@@ -38,11 +38,11 @@ from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, lo
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import Metrics, StepMetrics
 from rlhfkit.training.progress import MetricsLog, progress_bar
 from rlhfkit.training.reduction import GlobalMean
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.run_loop import TrainResult, build_optimizer, total_steps
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class DPOConfig(TrainSettings):
@@ -277,5 +277,6 @@ def dpo(config: DPOConfig) -> Path:
     what = "pairs" if config.loss not in UNPAIRED_LOSSES else "judged responses"
     accelerator.print(f"{config.loss} on {config.model}: {len(train)} training {what}, {len(held_out)} held out")
     result = train_on_preferences(model, tokenizer.pad_token_id, train, held_out, config, accelerator)
-    summary = {"steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, model, tokenizer, Path(config.output_dir), summary)
+    return finish_run(
+        accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, model, tokenizer)
+    )

@@ -53,11 +53,11 @@ from rlhfkit.scores import GoldFunction, gold_function
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import StepMetrics
 from rlhfkit.training.progress import MetricsLog, progress_bar, trim_rows
 from rlhfkit.training.reduction import GlobalMean
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.run_loop import TrainResult, build_optimizer, total_steps
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class PPOConfig(TrainSettings):
@@ -416,5 +416,6 @@ def ppo(config: PPOConfig) -> Path:
         f"critic {config.critic}, reward {terms}"
     )
     result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
-    summary = {"steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, policy, tokenizer, Path(config.output_dir), summary)
+    return finish_run(
+        accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, policy, tokenizer)
+    )

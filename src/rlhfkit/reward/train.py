@@ -42,9 +42,9 @@ from rlhfkit.reward.model import CONFIG_FILE, RewardModel
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import build_optimizer
 from rlhfkit.training.progress import MetricsLog, progress_bar
 from rlhfkit.training.reduction import GlobalMean
+from rlhfkit.training.run_loop import build_optimizer
 from rlhfkit.training.runtime import start_run
 
 console = Console()
