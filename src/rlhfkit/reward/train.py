@@ -111,7 +111,7 @@ def train_member(
         def micro_loss(batch: RewardBatch) -> torch.Tensor:
             loss, batch_metrics = batch_loss(run.model, batch, accelerator.device)
             for name, value in batch_metrics.items():  # means over the micro-batch's comparisons
-                metrics.add_total(name, value * len(batch.mask), len(batch.mask))
+                metrics.add_total(name, value.detach() * len(batch.mask), len(batch.mask))
             return mean(loss * len(batch.mask))
 
         grad_norm = run.optimizer_step([partial(micro_loss, b) for b in batches])
