@@ -19,7 +19,7 @@ from rlhfkit.ppo.rollout import collect_rollout, row_seeds
 from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, value_learning_rates
 from rlhfkit.reward.model import RewardModel
 from rlhfkit.scores import vader
-from rlhfkit.training.lm_trainer import build_optimizer
+from rlhfkit.training.run_loop import build_optimizer
 
 
 @pytest.fixture(scope="module")

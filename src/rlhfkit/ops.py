@@ -12,12 +12,6 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None)
     return weighted.sum() if dim is None else weighted.sum(dim)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Σ m·x / Σ m: the token-level mean over the positions the mask keeps (0 where it keeps none)."""
-    count = mask.to(values.dtype).sum() if dim is None else mask.to(values.dtype).sum(dim)
-    return masked_sum(values, mask, dim) / count.clamp(min=1.0)
-
-
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(y_t | y_<t) of each target token: log_softmax(logits / T) gathered at the targets.
 

@@ -13,9 +13,8 @@ over all micro-batches and processes, then averaged: whole-step values, not the 
 
 from __future__ import annotations
 
-import contextlib
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,12 +35,11 @@ from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer, usable_length
 from rlhfkit.training.batching import BatchOrder, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import Metrics, StepMetrics
-from rlhfkit.training.progress import MetricsLog, progress_bar
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.reduction import GlobalMean
+from rlhfkit.training.run_loop import TrainingRun, TrainResult, total_steps
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class DPOConfig(TrainSettings):
@@ -131,22 +129,21 @@ class Objective:
         return (total[0] / total[1].clamp(min=1)).clamp(min=0)
 
 
-def optimizer_step(
-    accelerator: Accelerator, policy: nn.Module, objective: Objective, parts: list[list[Example]], settings: DPOConfig
-) -> dict[str, float]:
-    """Accumulate the gradient of the global-batch mean loss over this process's micro-batches; clip it."""
-    scale = accelerator.num_processes / settings.batch_size  # DDP averages gradients over processes
+def optimizer_step(run: TrainingRun, objective: Objective, parts: list[list[Example]]) -> dict[str, float]:
+    """One optimizer step on the global batch's mean loss over this process's micro-batches; its metrics."""
+    accelerator = run.accelerator
+    mean = GlobalMean.over(accelerator, sum(map(len, parts)))  # sequence-level: examples
     with accelerator.autocast():
-        z0 = objective.reference_point(accelerator.unwrap_model(policy), parts, accelerator)
+        z0 = objective.reference_point(accelerator.unwrap_model(run.model), parts, accelerator)
     step = StepMetrics()
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1  # DDP all-reduces gradients once, after the last micro-batch
-        with contextlib.nullcontext() if last else accelerator.no_sync(policy), accelerator.autocast():
-            loss_sum, metrics = objective.micro_batch(policy, part, z0)
-            accelerator.backward(loss_sum * scale)
+
+    def micro_loss(part: list[Example]) -> torch.Tensor:
+        loss_sum, metrics = objective.micro_batch(run.model, part, z0)
         step.add(metrics)
-    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)
-    return step.mean(accelerator) | {"train/grad_norm": float(grad_norm)}
+        return mean(loss_sum)
+
+    grad_norm = run.optimizer_step([partial(micro_loss, part) for part in parts])
+    return step.mean(accelerator) | {"train/grad_norm": grad_norm}
 
 
 def evaluate(
@@ -179,51 +176,28 @@ def train_on_preferences(
     if 0 < len(held_out) < world:
         raise ValueError(f"{len(held_out)} held-out examples for {world} processes: each needs at least one")
     set_seed(config.seed)
-    output_dir = Path(config.output_dir)
     order = BatchOrder([e.length for e in train], config.batch_size, config.seed, config.group_by_length)
-    steps = total_steps(config, order)
-    optimizer, scheduler = build_optimizer(model, config, steps)
-    policy, optimizer, scheduler = accelerator.prepare(SequenceLogprobs(model), optimizer, scheduler)
+    run = TrainingRun(accelerator, config, SequenceLogprobs(model), total_steps(config, order))
     objective = Objective(
         config.loss, config.beta, config.label_smoothing, config.rpo_alpha, pad_id, accelerator.device
     )
-    start = resume(accelerator, output_dir) if config.resume else 0
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
-    metrics: dict[str, float] = {}
-    if start == 0 and held_out:  # the reference itself: loss log 2 for sigmoid, accuracy of ties
-        log.write(0, evaluate(accelerator, policy, objective, held_out, config.micro_batch_size))
-    started = time.perf_counter()
-    with progress_bar(accelerator.is_main_process) as bar:
-        task = bar.add_task("dpo", total=steps, completed=start)
-        for step in range(start + 1, steps + 1):
-            mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
-            parts = [[train[i] for i in part] for part in chunks(mine, config.micro_batch_size)]
-            metrics = optimizer_step(accelerator, policy, objective, parts, config)
-            stop_if_diverged(accelerator, {"dpo/loss": metrics["dpo/loss"]}, step, output_dir)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            metrics |= {
-                "train/lr": scheduler.get_last_lr()[0],
-                "perf/examples_per_s": (step - start) * config.batch_size / (time.perf_counter() - started),
-            }
-            bar.update(
-                task,
-                advance=1,
-                description=f"{config.loss} {metrics['dpo/loss']:.3f} acc {metrics['dpo/accuracy']:.2f}",
-            )
-            evaluate_now = (config.eval_every and step % config.eval_every == 0) or step == steps
-            if evaluate_now and held_out:
-                metrics |= evaluate(accelerator, policy, objective, held_out, config.micro_batch_size)
-                bar.console.print(
-                    f"step {step}: eval loss {metrics['eval/dpo/loss']:.4f} accuracy {metrics['eval/dpo/accuracy']:.3f}"
-                )
-            if step % config.log_every == 0 or evaluate_now:
-                log.write(step, metrics)
-            if config.save_every and step % config.save_every == 0 and step < steps:
-                save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
-    log.close()
-    return TrainResult(steps=steps, final_metrics=metrics)
+    micro = config.micro_batch_size
+
+    def train_step(step: int) -> dict[str, float]:
+        mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
+        parts = [[train[i] for i in part] for part in chunks(mine, micro)]
+        metrics = optimizer_step(run, objective, parts)
+        return metrics | {"train/lr": run.lr, "perf/examples_per_s": run.rate(config.batch_size)}
+
+    return run.loop(
+        "dpo",
+        train_step,
+        losses=["dpo/loss"],
+        describe=lambda m: f"{config.loss} {m['dpo/loss']:.3f} acc {m['dpo/accuracy']:.2f}",
+        # at step 0 the policy is the reference: loss log 2 for sigmoid, accuracy of ties
+        evaluate=(lambda: evaluate(accelerator, run.model, objective, held_out, micro)) if held_out else None,
+        report=lambda m: f"eval loss {m['eval/dpo/loss']:.4f} accuracy {m['eval/dpo/accuracy']:.3f}",
+    )
 
 
 def load_examples(
@@ -276,5 +250,6 @@ def dpo(config: DPOConfig) -> Path:
     what = "pairs" if config.loss not in UNPAIRED_LOSSES else "judged responses"
     accelerator.print(f"{config.loss} on {config.model}: {len(train)} training {what}, {len(held_out)} held out")
     result = train_on_preferences(model, tokenizer.pad_token_id, train, held_out, config, accelerator)
-    summary = {"steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, model, tokenizer, Path(config.output_dir), summary)
+    return finish_run(
+        accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, model, tokenizer)
+    )

@@ -102,6 +102,112 @@ def forward_rows(
     return tuple(torch.cat(column).float().cpu() for column in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Responses:
+    """This process's sampled responses, read token by token by π, π_ref and the critic: (b, R) tensors."""
+
+    texts: list[str]
+    sequences: list[TokenSequence]  # prompt + response, the response marked
+    mask: torch.Tensor  # 1 on response tokens through EOS
+    ended: torch.Tensor  # (b,) bool: the response has an EOS
+    logprobs: torch.Tensor  # log π(y_t), at the sampling temperature
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+
+
+def sample_responses(
+    model: ActorCritic,
+    reference: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Text],
+    seeds: list[int],
+    settings: SamplingSettings,
+    micro: int,
+) -> Responses:
+    """Step 1: one response per prompt (row seeds), then its log-probabilities, reference log-probabilities,
+    values and entropies, read in eval mode (the model is put back in its mode after)."""
+    was_training = model.training
+    model.eval()
+    samples = sample(model.policy, tokenizer, prompts, settings, seeds=seeds)
+    sequences = response_sequences(samples)
+    if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
+        raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
+    mask = samples.response_mask.cpu().float()
+    logprobs, ref_logprobs, values, entropy = (
+        scatter_tokens(t, mask) for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro)
+    )
+    model.train(was_training)
+    ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
+    return Responses(samples.texts, sequences, mask, ended, logprobs, ref_logprobs, values, entropy)
+
+
+def shaped_scores(
+    accelerator: Accelerator,
+    raw_scores: torch.Tensor,
+    ended: torch.Tensor,
+    moments: RunningMoments,
+    shaping: RewardShaping,
+    update_statistics: bool,
+) -> torch.Tensor:
+    """Step 2: the scores the update sees: less the missing-EOS penalty, normalised by the running moments
+    of the global batches' scores (updated first, unless `update_statistics` is False), then clipped."""
+    scores = raw_scores - shaping.missing_eos_penalty * (~ended).float()
+    if shaping.reward_norm:
+        if update_statistics:
+            update_moments(accelerator, moments, scores)
+        scores = (scores - moments.mean) / max(moments.std, 1e-8)
+    if shaping.reward_clip is not None:
+        scores = scores.clamp(-shaping.reward_clip, shaping.reward_clip)
+    return scores
+
+
+def kl_penalty(responses: Responses, estimator: KLEstimator) -> torch.Tensor:
+    """Step 3: the per-token KL estimate to the reference, 0 off the response."""
+    return kl_estimate(responses.logprobs, responses.ref_logprobs, estimator) * responses.mask
+
+
+def advantages_and_returns(
+    accelerator: Accelerator, rewards: torch.Tensor, responses: Responses, shaping: RewardShaping
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 4: GAE on the per-token rewards; advantages whitened over the global batch if asked."""
+    advantages, returns = gae(rewards, responses.values, responses.mask, shaping.gamma, shaping.lam)
+    if shaping.whiten_advantages:
+        local = masked_moments(advantages, responses.mask).to(accelerator.device)
+        advantages = whiten(advantages, responses.mask, accelerator.reduce(local, reduction="sum").cpu())
+    return advantages, returns
+
+
+def rollout_metrics(
+    accelerator: Accelerator,
+    responses: Responses,
+    per_sequence: dict[str, torch.Tensor],
+    returns: torch.Tensor,
+) -> dict[str, float]:
+    """Means over the global batch: `per_sequence` values and the KL, lengths, entropy and critic fit."""
+    mask = responses.mask
+    log_ratio = (responses.logprobs - responses.ref_logprobs) * mask
+    stats = StepMetrics()
+    stats.add(
+        per_sequence
+        | {
+            "kl/k1": log_ratio.sum(1),
+            "kl/k3": (kl_estimate(responses.logprobs, responses.ref_logprobs, "k3") * mask).sum(1),
+            "response/length": mask.sum(1),
+            "response/ended": responses.ended.float(),
+        }
+    )
+    residuals = returns - responses.values
+    moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
+    token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": responses.entropy, **moments_of_values}
+    for name, per_token in token_stats.items():
+        stats.add_total(name, masked_sum(per_token, mask), mask.sum())
+    metrics = stats.mean(accelerator)
+    metrics["ppo/explained_variance"] = explained_variance(*(metrics.pop(key) for key in MOMENT_KEYS))
+    metrics["response/distinct2"] = distinct_n(gather_object(responses.texts))
+    return metrics
+
+
 def collect_rollout(
     accelerator: Accelerator,
     model: ActorCritic,
@@ -118,67 +224,30 @@ def collect_rollout(
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
 ) -> tuple[Rollout, dict[str, float]]:
-    """Sample, score and compute advantages for this process's prompts; returns the rollout and global metrics.
+    """Sample → score → KL → advantages for this process's prompts; the rollout and global-batch metrics.
 
     With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated.
     """
-    was_training = model.training
-    model.eval()
-    policy = model.policy
-    samples = sample(policy, tokenizer, prompts, settings, seeds=seeds)
-    sequences = response_sequences(samples)
-    if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
-        raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
-    mask = samples.response_mask.cpu().float()
-    logprobs, ref_logprobs, values, token_entropy = (
-        scatter_tokens(t, mask) for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro)
-    )
-    model.train(was_training)
-
-    raw_scores, terms = reward(prompts, samples.texts)
+    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro)
+    raw_scores, terms = reward(prompts, responses.texts)
     raw_scores = raw_scores.cpu().float()
-    ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
-    scores = raw_scores - shaping.missing_eos_penalty * (~ended).float()
-    if shaping.reward_norm:
-        if update_statistics:
-            update_moments(accelerator, moments, scores)
-        scores = (scores - moments.mean) / max(moments.std, 1e-8)
-    if shaping.reward_clip is not None:
-        scores = scores.clamp(-shaping.reward_clip, shaping.reward_clip)
-
-    kl_tokens = kl_estimate(logprobs, ref_logprobs, shaping.kl_estimator) * mask
-    rewards = token_rewards(scores, kl_tokens, kl.beta, mask)
-    advantages, returns = gae(rewards, values, mask, shaping.gamma, shaping.lam)
-    if shaping.whiten_advantages:
-        moments_sum = accelerator.reduce(masked_moments(advantages, mask).to(accelerator.device), reduction="sum")
-        advantages = whiten(advantages, mask, moments_sum.cpu())
-
-    lengths = mask.sum(1)
-    log_ratio = (logprobs - ref_logprobs) * mask
-    sequence_stats = {
+    scores = shaped_scores(accelerator, raw_scores, responses.ended, moments, shaping, update_statistics)
+    kl_tokens = kl_penalty(responses, shaping.kl_estimator)
+    rewards = token_rewards(scores, kl_tokens, kl.beta, responses.mask)
+    advantages, returns = advantages_and_returns(accelerator, rewards, responses, shaping)
+    per_sequence = {
         "reward/score": raw_scores,
         "reward/total": rewards.sum(1),
-        "kl/k1": log_ratio.sum(1),
-        "kl/k3": (kl_estimate(logprobs, ref_logprobs, "k3") * mask).sum(1),
         "kl/penalty": kl_tokens.sum(1),
-        "response/length": lengths,
-        "response/ended": ended.float(),
         **{f"reward/{name}": term.cpu().float() for name, term in terms.items()},
     }
     if gold is not None:
-        sequence_stats["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, samples.texts, strict=True)])
-    stats = StepMetrics()
-    stats.add(sequence_stats)
-    residuals = returns - values
-    moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
-    token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": token_entropy, **moments_of_values}
-    for name, per_token in token_stats.items():
-        stats.add_total(name, masked_sum(per_token, mask), mask.sum())
-    metrics = stats.mean(accelerator)
-    metrics["ppo/explained_variance"] = explained_variance(*(metrics.pop(key) for key in MOMENT_KEYS))
-    metrics["response/distinct2"] = distinct_n(gather_object(samples.texts))
-    rollout = Rollout(sequences, mask, logprobs, values, advantages, returns, list(prompts), samples.texts, raw_scores)
-    return rollout, metrics
+        per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
+    rollout = Rollout(
+        responses.sequences, responses.mask, responses.logprobs, responses.values, advantages, returns,
+        list(prompts), responses.texts, raw_scores,
+    )  # fmt: skip
+    return rollout, rollout_metrics(accelerator, responses, per_sequence, returns)
 
 
 def update_moments(accelerator: Accelerator, moments: RunningMoments, scores: torch.Tensor) -> None:

@@ -8,17 +8,17 @@ the last token, a per-token KL penalty to the frozen reference, GAE, whitened ad
 
 (PPO-ptx, InstructGPT eq. 2). `algo: a2c` makes one pass of the plain policy gradient instead.
 
-Losses are token means over the global minibatch: each process sums its token losses and divides by the
-global token count times the world size (DDP averages gradients), so two processes reproduce one. A
+Losses are token means over the global minibatch (`training.reduction.GlobalMean`), so two processes
+reproduce one. A
 minibatch is a seeded draw of global rows; each process trains on the drawn rows it sampled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -51,12 +51,12 @@ from rlhfkit.ppo.rollout import (
 from rlhfkit.reward.ensemble import is_reward_model
 from rlhfkit.scores import GoldFunction, gold_function
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import TrainResult, build_optimizer, total_steps
 from rlhfkit.training.metrics import StepMetrics
-from rlhfkit.training.progress import MetricsLog, progress_bar, trim_rows
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.progress import trim_rows
+from rlhfkit.training.reduction import GlobalMean
+from rlhfkit.training.run_loop import TrainingRun, TrainResult, optimizer_step, total_steps
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class PPOConfig(TrainSettings):
@@ -198,10 +198,6 @@ def ptx_loss(state: PPOState, sequences: list[TokenSequence]) -> tuple[torch.Ten
     return -logprobs.sum(), torch.tensor(float(logprobs.numel()))
 
 
-def global_sum(accelerator: Accelerator, value: float) -> float:
-    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="sum").item()
-
-
 def optimizer_update(
     state: PPOState, rollout: Rollout, members: list[int], update_index: int, metrics: StepMetrics
 ) -> None:
@@ -209,31 +205,34 @@ def optimizer_update(
     accelerator, config = state.accelerator, state.config
     rank, world = accelerator.process_index, accelerator.num_processes
     local = [g // world for g in members if g % world == rank]  # process r sampled rows r, r + W, ...
-    tokens = global_sum(accelerator, float(rollout.mask[local].sum()))
+    tokens = GlobalMean.over(accelerator, float(rollout.mask[local].sum()))  # token-level
     # a process with no row in this minibatch still takes part in DDP's gradient sync, with weight 0
     weight = 1.0 if local else 0.0
-    parts = chunks(local or [0], config.micro_batch_size)
-    if state.ptx_order is not None:
-        ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
-        ptx_parts = [[state.ptx[i] for i in part] for part in chunks(ptx_rows, config.micro_batch_size)]
-        ptx_tokens = global_sum(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
-        for ptx_part in ptx_parts:  # before the PPO micro-batches: DDP syncs on the last one, which uses every weight
-            with accelerator.no_sync(state.model), accelerator.autocast():
-                nll, count = ptx_loss(state, ptx_part)
-                accelerator.backward(config.ptx_coef * nll * world / max(ptx_tokens, 1.0))
-            metrics.add_total("ptx/loss", nll.detach(), count)
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(state.model), accelerator.autocast():
-            loss, stats = ppo_losses(state, rollout, part)
-            accelerator.backward(weight * loss * world / max(tokens, 1.0))
+
+    def ppo_micro_loss(part: list[int]) -> torch.Tensor:
+        loss, stats = ppo_losses(state, rollout, part)
         if local:
             metrics.add(stats)
-    grad_norm = accelerator.clip_grad_norm_(state.model.parameters(), config.max_grad_norm)
-    metrics.add_total("train/grad_norm", float(grad_norm) / world, 1.0 / world)  # the same on every process
-    state.optimizer.step()
-    state.scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
+        return tokens(weight * loss)
+
+    micro_losses = [partial(ppo_micro_loss, part) for part in chunks(local or [0], config.micro_batch_size)]
+    if state.ptx_order is not None:
+        ptx_rows = shard(state.ptx_order.global_batch(update_index), rank, world)
+        ptx_tokens = GlobalMean.over(accelerator, float(sum(sum(state.ptx[i].loss_mask[1:]) for i in ptx_rows)))
+
+        def ptx_micro_loss(part: list[int]) -> torch.Tensor:
+            nll, count = ptx_loss(state, [state.ptx[i] for i in part])
+            metrics.add_total("ptx/loss", nll.detach(), count)
+            return ptx_tokens(config.ptx_coef * nll)
+
+        # first: DDP syncs on the last micro-batch, a PPO one, which uses every weight
+        micro_losses = [
+            partial(ptx_micro_loss, part) for part in chunks(ptx_rows, config.micro_batch_size)
+        ] + micro_losses
+    grad_norm = optimizer_step(
+        accelerator, state.model, state.optimizer, state.scheduler, config.max_grad_norm, micro_losses
+    )
+    metrics.add_total("train/grad_norm", grad_norm / world, 1.0 / world)  # the same on every process
 
 
 def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]:
@@ -300,60 +299,60 @@ def train_ppo(
     """The PPO loop of the module docstring; returns the last step's metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(config.seed)
-    output_dir = Path(config.output_dir)
     order = BatchOrder([len(str(p)) for p in prompts], config.batch_size, config.seed, config.group_by_length)
     steps = total_steps(config, order)
     updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
-    optimizer, scheduler = build_optimizer(model, config, updates, value_learning_rates(model, config))
-    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    prepared.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
     kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
-    accelerator.register_for_checkpointing(kl, moments)
-    state = PPOState(config, accelerator, prepared, optimizer, scheduler, tokenizer.pad_token_id, ptx)
+    run = TrainingRun(
+        accelerator,
+        config,
+        model,
+        steps,
+        optimizer_steps=updates,
+        learning_rates=value_learning_rates(model, config),
+        checkpointed=(kl, moments),
+    )
+    run.model.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
+    state = PPOState(config, accelerator, run.model, run.optimizer, run.scheduler, tokenizer.pad_token_id, ptx)
     gold = gold_function(config.gold) if config.gold else None
     rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold)
-    start = resume(accelerator, output_dir) if config.resume else 0
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
-    samples_file = output_dir / "samples.jsonl"
+    samples_file = Path(config.output_dir) / "samples.jsonl"
     if accelerator.is_main_process:
-        trim_rows(samples_file, before=start + 1)  # a resumed run writes the later steps' samples again
-    if start == 0 and eval_prompts:  # the starting policy, so every run shows what training changed
-        log.write(0, rollouts.evaluate(eval_prompts))
-    metrics: dict[str, float] = {}
+        trim_rows(samples_file, before=run.start + 1)  # a resumed run writes the later steps' samples again
     rows = shard(list(range(config.batch_size)), rank, world)
-    with progress_bar(accelerator.is_main_process) as bar:
-        task = bar.add_task("ppo", total=steps, completed=start)
-        for step in range(start + 1, steps + 1):
-            started = time.perf_counter()
-            batch = order.global_batch(step - 1)
-            rollout, metrics = rollouts.make([prompts[batch[r]] for r in rows], rows, step)
-            metrics["kl/beta"] = kl.beta
-            kl.update(metrics["kl/penalty"], config.batch_size)
-            rollout_seconds = time.perf_counter() - started
-            metrics |= ppo_update(state, rollout, step)
-            losses = {key: metrics[key] for key in ("ppo/policy_loss", "value/loss")}
-            stop_if_diverged(accelerator, losses, step, output_dir)
-            seconds = time.perf_counter() - started
-            metrics |= {
-                "perf/episodes_per_s": config.batch_size / seconds,
-                "perf/tokens_per_s": config.batch_size * metrics["response/length"] / seconds,
-                "perf/rollout_share": rollout_seconds / seconds,
-            }
-            description = f"ppo score {metrics['reward/score']:.3f} kl {metrics['kl/k1']:.2f}"
-            bar.update(task, advance=1, description=description)
-            if eval_prompts and ((config.eval_every and step % config.eval_every == 0) or step == steps):
-                metrics |= rollouts.evaluate(eval_prompts)
-                bar.console.print(
-                    f"step {step}: held-out score {metrics['eval/reward/score']:.3f} kl {metrics['eval/kl/k1']:.2f}"
-                )
-            if step % config.log_every == 0 or step == steps:
-                log.write(step, metrics)
-                if accelerator.is_main_process and config.log_samples:
-                    write_samples(samples_file, step, rollout, config.log_samples)
-            if config.save_every and step % config.save_every == 0 and step < steps:
-                save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
-    log.close()
-    return TrainResult(steps=steps, final_metrics=metrics)
+    latest: list[Rollout] = []  # the last step's rollout, for samples.jsonl
+
+    def train_step(step: int) -> dict[str, float]:
+        """Sample and score a global batch, then the PPO updates on it."""
+        started = time.perf_counter()
+        batch = order.global_batch(step - 1)
+        rollout, metrics = rollouts.make([prompts[batch[r]] for r in rows], rows, step)
+        metrics["kl/beta"] = kl.beta
+        kl.update(metrics["kl/penalty"], config.batch_size)
+        rollout_seconds = time.perf_counter() - started
+        metrics |= ppo_update(state, rollout, step)
+        seconds = time.perf_counter() - started
+        latest[:] = [rollout]
+        return metrics | {
+            "perf/episodes_per_s": config.batch_size / seconds,
+            "perf/tokens_per_s": config.batch_size * metrics["response/length"] / seconds,
+            "perf/rollout_share": rollout_seconds / seconds,
+        }
+
+    def write_latest_samples(step: int) -> None:
+        if accelerator.is_main_process and config.log_samples:
+            write_samples(samples_file, step, latest[0], config.log_samples)
+
+    return run.loop(
+        "ppo",
+        train_step,
+        losses=["ppo/policy_loss", "value/loss"],
+        describe=lambda m: f"ppo score {m['reward/score']:.3f} kl {m['kl/k1']:.2f}",
+        # at step 0: the starting policy, so every run shows what training changed
+        evaluate=(lambda: rollouts.evaluate(eval_prompts)) if eval_prompts else None,
+        report=lambda m: f"held-out score {m['eval/reward/score']:.3f} kl {m['eval/kl/k1']:.2f}",
+        on_log=write_latest_samples,
+    )
 
 
 def value_learning_rates(model: ActorCritic, config: PPOConfig) -> dict[torch.nn.Module, float]:
@@ -419,5 +418,6 @@ def ppo(config: PPOConfig) -> Path:
         f"critic {config.critic}, reward {terms}"
     )
     result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
-    summary = {"steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, policy, tokenizer, Path(config.output_dir), summary)
+    return finish_run(
+        accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, policy, tokenizer)
+    )

@@ -13,7 +13,7 @@ from rlhfkit.data.corpus import HELD_OUT_EVERY, blocks, read_paragraphs, split_h
 from rlhfkit.pretrain.corpus import train_tokenizer
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class PretrainConfig(TrainSettings):
@@ -76,5 +76,5 @@ def pretrain(config: PretrainConfig) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
     )
-    summary = {"parameters": n_params, "steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, model, tokenizer, output_dir, summary)
+    summary = {"parameters": n_params, **result.summary}
+    return finish_run(accelerator, output_dir, summary, pretrained_saver(accelerator, model, tokenizer))

@@ -5,19 +5,18 @@ the data (a bootstrap resample for ensembles) → fit the normalisation on refer
 evaluate on the held-out comparisons and write `eval.json` next to the model.
 
 One batch element is one comparison (a pair, or a whole K-way ranking with each reply forwarded once).
-Under DDP (`accelerate launch`) every process takes batch_size / world comparisons of each global batch
-and its loss is scaled by (its micro-batch's comparisons / its share), so the gradient DDP averages is
-the mean over the global batch, as on one process. Normalisation, evaluation and saving run on the main
+Under DDP (`accelerate launch`) every process takes batch_size / world comparisons of each global batch;
+the loss is the mean over the global batch's comparisons (`training.reduction.GlobalMean`), as on one
+process. Normalisation, evaluation and saving run on the main
 process only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import random
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal, cast
 
@@ -25,8 +24,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from pydantic import Field
-from rich.console import Console
-from torch import nn
 
 from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
@@ -40,13 +37,11 @@ from rlhfkit.reward.ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.evaluate import evaluate
 from rlhfkit.reward.model import CONFIG_FILE, RewardModel
 from rlhfkit.training.batching import BatchOrder, chunks, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.lm_trainer import build_optimizer
-from rlhfkit.training.progress import MetricsLog, progress_bar
-from rlhfkit.training.runtime import start_run
-
-console = Console()
+from rlhfkit.training.metrics import StepMetrics
+from rlhfkit.training.reduction import GlobalMean
+from rlhfkit.training.run_loop import TrainingRun, TrainResult, total_steps
+from rlhfkit.training.runtime import finish_run, start_run
 
 
 class HeadData(Config):
@@ -87,35 +82,15 @@ class RewardConfig(TrainSettings):
     eval_every: int = Field(50, ge=0, description="held-out evaluation every N steps (0: only at the end)")
 
 
-def _optimizer_step(
-    accelerator: Accelerator, model: nn.Module, batches: list[RewardBatch], share: int, max_grad_norm: float
-) -> dict[str, float]:
-    """Accumulate the gradient of the global batch's mean loss; metrics are averaged over the whole step."""
-    sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1  # DDP all-reduces gradients once, after the last micro-batch
-        with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            with accelerator.autocast():
-                loss, metrics = batch_loss(model, batch, accelerator.device)
-            weight = batch.mask.shape[0] / share  # this micro-batch's share of the process's comparisons
-            accelerator.backward(loss * weight)
-        for name, value in metrics.items():
-            sums[name] = sums.get(name, torch.zeros((), device=accelerator.device)) + value * weight
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    averaged = {name: accelerator.reduce(value.float(), reduction="mean").item() for name, value in sums.items()}
-    return averaged | {"train/grad_norm": float(grad_norm)}
-
-
 def train_member(
     model: RewardModel,
     train: list[Comparison],
     held_out: list[Comparison],
     settings: RewardConfig,
     accelerator: Accelerator,
-) -> dict[str, float]:
-    """Optimise the ranking loss on `train` (in settings.output_dir); returns the last step's metrics."""
-    world = accelerator.num_processes
-    output_dir = Path(settings.output_dir)
+) -> TrainResult:
+    """Optimise the ranking loss on `train` (in settings.output_dir); returns the steps and last metrics."""
+    world, micro = accelerator.num_processes, settings.micro_batch_size
     data = [
         TokenizedComparison([model.encode(c.prompt, r) for r in c.responses], list(c.ranks), c.margin, c.head)
         for c in train
@@ -123,50 +98,62 @@ def train_member(
     order = BatchOrder(
         [max(map(len, c.ids)) for c in data], settings.batch_size, settings.seed, settings.group_by_length
     )
-    steps = settings.max_steps or max(1, math.ceil(settings.epochs * order.steps_per_epoch))
-    optimizer, scheduler = build_optimizer(model, settings, steps)
-    wrapped, optimizer, scheduler = accelerator.prepare(BucketedRewards(model), optimizer, scheduler)
-    start = resume(accelerator, output_dir) if settings.resume else 0
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
-    pad_id, share = model.tokenizer.pad_token_id, settings.batch_size // world
-    metrics: dict[str, float] = {}
-    started, pairs_seen = time.perf_counter(), 0
-    with progress_bar(accelerator.is_main_process) as bar:
-        task = bar.add_task("reward", total=steps, completed=start)
-        for step in range(start + 1, steps + 1):
-            mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
-            batches = [collate([data[i] for i in part], pad_id) for part in chunks(mine, settings.micro_batch_size)]
-            metrics = _optimizer_step(accelerator, wrapped, batches, share, settings.max_grad_norm)
-            stop_if_diverged(accelerator, {"rm/loss": metrics["rm/loss"]}, step, output_dir)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            pairs_seen += sum(b.pairs for b in batches) * world
-            metrics |= {
-                "train/lr": scheduler.get_last_lr()[0],
-                "perf/pairs_per_s": pairs_seen / (time.perf_counter() - started),
-            }
-            bar.update(task, advance=1, description=f"reward loss {metrics['rm/loss']:.3f}")
-            evaluate_now = (settings.eval_every and step % settings.eval_every == 0) or step == steps
-            if evaluate_now and held_out and accelerator.is_main_process:
-                metrics |= evaluate(model, held_out)
-            if step % settings.log_every == 0 or evaluate_now:
-                log.write(step, metrics)
-            if settings.save_every and step % settings.save_every == 0 and step < steps:
-                save_checkpoint(accelerator, output_dir, step, settings.keep_checkpoints)
-    log.close()
-    accelerator.wait_for_everyone()
+    run = TrainingRun(accelerator, settings, BucketedRewards(model), total_steps(settings, order))
+    pad_id = model.tokenizer.pad_token_id
+
+    def train_step(step: int) -> dict[str, float]:
+        """One optimizer step on the global batch's mean loss over comparisons; metrics averaged likewise."""
+        mine = shard(order.global_batch(step - 1), accelerator.process_index, world)
+        batches = [collate([data[i] for i in part], pad_id) for part in chunks(mine, micro)]
+        mean = GlobalMean.over(accelerator, sum(len(b.mask) for b in batches))  # sequence-level: comparisons
+        metrics = StepMetrics()
+
+        def micro_loss(batch: RewardBatch) -> torch.Tensor:
+            loss, batch_metrics = batch_loss(run.model, batch, accelerator.device)
+            for name, value in batch_metrics.items():  # means over the micro-batch's comparisons
+                metrics.add_total(name, value.detach() * len(batch.mask), len(batch.mask))
+            return mean(loss * len(batch.mask))
+
+        grad_norm = run.optimizer_step([partial(micro_loss, b) for b in batches])
+        return metrics.mean(accelerator) | {
+            "train/grad_norm": grad_norm,
+            "train/lr": run.lr,
+            "perf/pairs_per_s": run.rate(sum(b.pairs for b in batches) * world),
+        }
+
+    def held_out_metrics() -> dict[str, float]:  # on the main process only
+        return evaluate(model, held_out) if accelerator.is_main_process else {}
+
+    result = run.loop(
+        "reward",
+        train_step,
+        losses=["rm/loss"],
+        describe=lambda m: f"reward loss {m['rm/loss']:.3f}",
+        evaluate=held_out_metrics if held_out else None,
+        evaluate_first=False,
+    )
     accelerator.free_memory()  # forget the prepared objects: the next ensemble member starts clean
-    return metrics
+    return result
 
 
-def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison]]:
-    """(train, held-out) comparisons of every head, each tagged with its head's index.
+def normalized_saver(model: RewardModel, reference: tuple[list[Text], list[Text]] | None) -> Callable[[Path], None]:
+    """Fits the normalisation on the reference replies (if any), then saves the reward model."""
+
+    def save(directory: Path) -> None:
+        if reference is not None:
+            model.fit_normalization(*reference)
+        model.save(directory)
+
+    return save
+
+
+def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison], list[str]]:
+    """(train, held-out, notes): the comparisons of every head, each tagged with its head's index.
 
     A head whose training data has no pair saying which reply is better (all ties, or chosen == rejected)
-    is a DataError; held-out data without one only gets a warning, as no accuracy can be measured on it.
+    is a DataError; held-out data without one only gets a note, as no accuracy can be measured on it.
     """
-    train, held_out = [], []
+    train, held_out, notes = [], [], []
     for head, (name, spec) in enumerate(config.heads.items()):
         if spec.data is None:
             raise ConfigError(f"heads.{name}.data is not set: give a file of {spec.kind} records")
@@ -181,13 +168,13 @@ def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison]
                 "or compare a reply with itself"
             )
         if held and not sum(c.informative_pairs() for c in held):
-            console.print(
-                f"[yellow]heads.{name}: the {len(held)} held-out comparisons are all ties or compare a reply with "
+            notes.append(
+                f"heads.{name}: the {len(held)} held-out comparisons are all ties or compare a reply with "
                 "itself: no held-out accuracy can be measured"
             )
         train += data
         held_out += held
-    return train, held_out
+    return train, held_out, notes
 
 
 def reference_replies(config: RewardConfig, train: list[Comparison]) -> tuple[list[Text], list[Text]]:
@@ -223,7 +210,9 @@ def reward(config: RewardConfig) -> Path:
     """Train, normalise, save and evaluate; returns the model directory (see the module docstring)."""
     accelerator = start_run(config, config)
     output_dir = Path(config.output_dir)
-    train, held_out = load_heads(config)
+    train, held_out, notes = load_heads(config)
+    for note in notes:
+        accelerator.print(f"[data] {note}")
     names = list(config.heads)
     accelerator.print(
         f"reward model on {config.model} ({config.backbone}), heads {', '.join(names)}: "
@@ -248,12 +237,8 @@ def reward(config: RewardConfig) -> Path:
         )
         member = config.model_copy(update={"output_dir": str(member_dir), "seed": seed})
         data = train if config.ensemble == 1 else bootstrap(train, seed)
-        final = train_member(model, data, held_out, member, accelerator)
-        if accelerator.is_main_process:
-            if reference is not None:
-                model.fit_normalization(*reference)
-            model.save(member_dir)
-            (member_dir / "train_summary.json").write_text(json.dumps(final, indent=2) + "\n")
+        result = train_member(model, data, held_out, member, accelerator)
+        finish_run(accelerator, member_dir, result.summary, normalized_saver(model, reference))
         members.append(model)
     if accelerator.is_main_process:
         trained = members[0] if config.ensemble == 1 else RewardEnsemble(members)
@@ -264,11 +249,11 @@ def reward(config: RewardConfig) -> Path:
             (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
             for name in names:
                 if f"eval/{name}/accuracy" in metrics:
-                    console.print(
+                    accelerator.print(
                         f"held-out {name}: accuracy {metrics[f'eval/{name}/accuracy']:.3f}, "
                         f"margin {metrics[f'eval/{name}/margin']:.3f}, ECE {metrics[f'eval/{name}/ece']:.3f} "
                         f"({int(metrics[f'eval/{name}/pairs'])} pairs)"
                     )
-        console.print(f"reward model saved to {output_dir}")
+        accelerator.print(f"reward model saved to {output_dir}")
     accelerator.wait_for_everyone()
     return output_dir

@@ -18,7 +18,7 @@ from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer, usa
 from rlhfkit.training.batching import TokenSequence, cut_prompts_note
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.lm_trainer import train_causal_lm
-from rlhfkit.training.runtime import finish_run, start_run
+from rlhfkit.training.runtime import finish_run, pretrained_saver, start_run
 
 
 class SFTConfig(TrainSettings):
@@ -67,5 +67,6 @@ def sft(config: SFTConfig) -> Path:
     model = load_model(config.model, tokenizer, config.lora)
     accelerator.print(f"SFT of {config.model}: {len(train_data)} training sequences, {len(eval_data)} held out")
     result = train_causal_lm(model, tokenizer, train_data, eval_data, config, accelerator)
-    summary = {"steps": result.steps, **result.final_metrics}
-    return finish_run(accelerator, model, tokenizer, Path(config.output_dir), summary)
+    return finish_run(
+        accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, model, tokenizer)
+    )

@@ -1,30 +1,27 @@
-"""Next-token training of a causal LM on masked sequences: the one loop behind pretraining and SFT.
+"""Next-token training of a causal LM on masked sequences: the maths and batches behind pretraining and SFT
+(the loop is `run_loop.TrainingRun`'s).
 
 Runs on accelerate, so one code path serves a laptop CPU and `accelerate launch` (DDP). The loss is the
-token-level mean over the whole global batch: each process sums its token losses and divides by the token
-count of the global batch, all-reduced, times the world size (DDP averages gradients over processes). So
-two processes give the gradient of one process with the same global batch, whatever the padding.
+token-level mean over the whole global batch (`reduction.GlobalMean`), so two processes give the gradient
+of one process with the same global batch, whatever the padding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.models.logprobs import lm_parts, target_logprobs
 from rlhfkit.training.batching import BatchOrder, PaddedBatch, TokenSequence, chunks, pad_batch, shard
-from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
-from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.reduction import GlobalMean
+from rlhfkit.training.run_loop import TrainingRun, TrainResult, total_steps
 
 
 class NextTokenLoss(nn.Module):
@@ -39,41 +36,6 @@ class NextTokenLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
         logprobs, trained = target_logprobs(*self.parts, input_ids, attention_mask, loss_mask)
         return -logprobs.sum(), trained.sum()
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    final_metrics: dict[str, float]
-
-
-def total_steps(settings: TrainSettings, order: BatchOrder) -> int:
-    return settings.max_steps or max(1, math.ceil(settings.epochs * order.steps_per_epoch))
-
-
-def build_optimizer(
-    model: nn.Module, settings: TrainSettings, steps: int, learning_rates: dict[nn.Module, float] | None = None
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters (LoRA: the adapters only) and the warm-up + decay schedule.
-
-    `learning_rates` gives some submodules their own peak rate (e.g. PPO's critic); the rest use the settings'.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = []
-    for module, rate in (learning_rates or {}).items():
-        own = {id(p) for p in module.parameters()}
-        groups.append({"params": [p for p in trainable if id(p) in own], "lr": rate})
-        trainable = [p for p in trainable if id(p) not in own]
-    groups.insert(0, {"params": trainable})
-    # fused: one kernel for all tensors instead of several small ops per tensor (about 4x faster on CPU)
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=settings.learning_rate,
-        betas=settings.adam_betas,
-        weight_decay=settings.weight_decay,
-        fused=True,
-    )
-    return optimizer, get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
 
 
 def _all_reduce_sum(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
@@ -103,29 +65,6 @@ def _to(batch: PaddedBatch, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device)
 
 
-def _optimizer_step(
-    accelerator: Accelerator, loss_model: nn.Module, batches: list[PaddedBatch], max_grad_norm: float
-) -> tuple[float, float, int]:
-    """Accumulate the gradient of the global-batch token-mean NLL over this process's micro-batches.
-
-    Returns (global mean NLL, gradient norm before clipping, trained targets in the global batch).
-    """
-    world = accelerator.num_processes
-    local_targets = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)
-    targets = _all_reduce_sum(accelerator, torch.tensor(local_targets, device=accelerator.device)).clamp(min=1)
-    step_nll = torch.zeros((), device=accelerator.device)
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1  # DDP all-reduces gradients once, after the last micro-batch
-        with contextlib.nullcontext() if last else accelerator.no_sync(loss_model):
-            with accelerator.autocast():
-                nll, _ = loss_model(*_to(batch, accelerator.device))
-            accelerator.backward(nll * world / targets)
-        step_nll += nll.detach()
-    grad_norm = accelerator.clip_grad_norm_(loss_model.parameters(), max_grad_norm)
-    loss = (_all_reduce_sum(accelerator, step_nll) / targets).item()
-    return loss, float(grad_norm), int(targets)
-
-
 def train_causal_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -135,50 +74,39 @@ def train_causal_lm(
     accelerator: Accelerator,
 ) -> TrainResult:
     """Optimise the next-token loss on `train_data`; returns the last step's metrics."""
-    world = accelerator.num_processes
     set_seed(settings.seed)
-    output_dir = Path(settings.output_dir)
     order = BatchOrder(
         [len(s.input_ids) for s in train_data], settings.batch_size, settings.seed, settings.group_by_length
     )
-    steps = total_steps(settings, order)
-    optimizer, scheduler = build_optimizer(model, settings, steps)
-    loss_model, optimizer, scheduler = accelerator.prepare(NextTokenLoss(model), optimizer, scheduler)
-    start = resume(accelerator, output_dir) if settings.resume else 0
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=start)
-    pad_id = tokenizer.pad_token_id
-    metrics: dict[str, float] = {}
-    if start == 0 and eval_data:  # the starting point, so every run shows what training changed
-        log.write(0, evaluate(accelerator, loss_model, eval_data, pad_id, settings.micro_batch_size))
-    started, tokens_seen = time.perf_counter(), 0
-    with progress_bar(accelerator.is_main_process) as bar:
-        task = bar.add_task("train", total=steps, completed=start)
-        for step in range(start + 1, steps + 1):
-            batches = [
-                pad_batch([train_data[i] for i in part], pad_id)
-                for part in chunks(
-                    shard(order.global_batch(step - 1), accelerator.process_index, world), settings.micro_batch_size
-                )
-            ]
-            loss, grad_norm, n_targets = _optimizer_step(accelerator, loss_model, batches, settings.max_grad_norm)
-            stop_if_diverged(accelerator, {"train/loss": loss}, step, output_dir)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_seen += n_targets
-            bar.update(task, advance=1, description=f"train loss {loss:.3f}")
-            metrics = {
-                "train/loss": loss,
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": grad_norm,
-                "perf/target_tokens_per_s": tokens_seen / (time.perf_counter() - started),
-            }
-            evaluate_now = (settings.eval_every and step % settings.eval_every == 0) or step == steps
-            if evaluate_now and eval_data:
-                metrics |= evaluate(accelerator, loss_model, eval_data, pad_id, settings.micro_batch_size)
-                bar.console.print(f"step {step}: eval loss {metrics['eval/loss']:.3f} ppl {metrics['eval/ppl']:.2f}")
-            if step % settings.log_every == 0 or evaluate_now:
-                log.write(step, metrics)
-            if settings.save_every and step % settings.save_every == 0 and step < steps:
-                save_checkpoint(accelerator, output_dir, step, settings.keep_checkpoints)
-    return TrainResult(steps=steps, final_metrics=metrics)
+    run = TrainingRun(accelerator, settings, NextTokenLoss(model), total_steps(settings, order))
+    pad_id, micro, device = tokenizer.pad_token_id, settings.micro_batch_size, accelerator.device
+
+    def train_step(step: int) -> dict[str, float]:
+        """One optimizer step on the global batch's token-mean NLL, and its metrics."""
+        mine = shard(order.global_batch(step - 1), accelerator.process_index, accelerator.num_processes)
+        batches = [pad_batch([train_data[i] for i in part], pad_id) for part in chunks(mine, micro)]
+        targets = GlobalMean.over(accelerator, sum(int(b.loss_mask[:, 1:].sum()) for b in batches))
+        nlls: list[torch.Tensor] = []
+
+        def micro_loss(batch: PaddedBatch) -> torch.Tensor:
+            nll, _ = run.model(*_to(batch, device))
+            nlls.append(nll.detach())
+            return targets(nll)
+
+        grad_norm = run.optimizer_step([partial(micro_loss, b) for b in batches])
+        loss = (_all_reduce_sum(accelerator, sum(nlls, torch.zeros((), device=device))) / targets.count).item()
+        return {
+            "train/loss": loss,
+            "train/lr": run.lr,
+            "train/grad_norm": grad_norm,
+            "perf/target_tokens_per_s": run.rate(targets.count),
+        }
+
+    return run.loop(
+        "train",
+        train_step,
+        losses=["train/loss"],
+        describe=lambda m: f"train loss {m['train/loss']:.3f}",
+        evaluate=(lambda: evaluate(accelerator, run.model, eval_data, pad_id, micro)) if eval_data else None,
+        report=lambda m: f"eval loss {m['eval/loss']:.3f} ppl {m['eval/ppl']:.2f}",
+    )

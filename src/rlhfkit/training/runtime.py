@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +156,19 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
     return accelerator
 
 
+def pretrained_saver(
+    accelerator: Accelerator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> Callable[[Path], None]:
+    """Saves the trained model with `save_pretrained` (LoRA merged) and its tokenizer."""
+    return lambda output_dir: save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
+
+
 def finish_run(
-    accelerator: Accelerator,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    output_dir: Path,
-    summary: dict[str, float],
+    accelerator: Accelerator, output_dir: Path, summary: dict[str, float], save: Callable[[Path], None]
 ) -> Path:
-    """Save the trained model (`save_pretrained`, LoRA merged) and `train_summary.json` from the main process."""
+    """Save the trained model (`save(output_dir)`) and `train_summary.json` from the main process."""
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        save(output_dir)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return output_dir
