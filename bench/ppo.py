@@ -207,7 +207,7 @@ def longest_prompt(model_path: str, prompts: Path) -> int:
 
 def build_reward_model(model_path: str, out: Path, seed: int) -> Path:
     """An untrained rlhfkit reward model on the policy's backbone: one linear head at the last real token."""
-    from rlhfkit.reward.model import RewardModel
+    from rlhfkit.models.reward import RewardModel
 
     torch.manual_seed(seed)
     return RewardModel.from_pretrained(model_path, heads=[HEAD], kind="causal_lm").save(out)

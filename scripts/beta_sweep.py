@@ -15,8 +15,8 @@ from pathlib import Path
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
-from rlhfkit.ppo.rewards import RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
+from rlhfkit.scoring.sources import RewardSource
 
 
 def main() -> None:

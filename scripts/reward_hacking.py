@@ -17,8 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rlhfkit.ppo.rewards import RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
+from rlhfkit.scoring.sources import RewardSource
 
 COLUMNS = {
     "eval/reward/score": "RM score",

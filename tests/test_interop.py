@@ -15,12 +15,12 @@ from rlhfkit.data.readers import Row
 from rlhfkit.data.records import load_records
 from rlhfkit.feedback.store import Store
 from rlhfkit.models.loading import ADAPTER_DIR, load_model, load_tokenizer, resolve_model_path, save_model
+from rlhfkit.models.reward import CONFIG_FILE, HFRewardModel
 from rlhfkit.ppo.model import build_actor_critic
-from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward import RewardEnsemble, RewardModel, load_reward_model
-from rlhfkit.reward.model import CONFIG_FILE, HFRewardModel
 from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
 
 PROMPTS = ["Emma was", "It is a truth universally", "She"]
 REPLIES = [" very happy.", " acknowledged, that a single man", " smiled"]

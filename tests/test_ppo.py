@@ -11,14 +11,14 @@ from transformers import AutoModelForCausalLM
 from rlhfkit import assets
 from rlhfkit.data.records import read_prompts
 from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.models.reward import RewardModel
 from rlhfkit.ops import last_index
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import build_actor_critic, folded_reward_head
-from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.rollout import collect_rollout, row_seeds
 from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, value_learning_rates
-from rlhfkit.reward.model import RewardModel
 from rlhfkit.scores import vader
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
 from rlhfkit.training.run_loop import build_optimizer
 
 

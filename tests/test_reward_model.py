@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModel
 
 import rlhfkit
+from rlhfkit.models.reward import CONFIG_FILE, pad_sequences
 from rlhfkit.ops import last_index
 from rlhfkit.reward import RewardEnsemble, RewardModel, load_reward_model
-from rlhfkit.reward.model import CONFIG_FILE, pad_sequences
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 
 PROMPTS = ["Emma was", "It is a truth universally", "She"]

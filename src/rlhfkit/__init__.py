@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 __all__ = ["load_reward_model"]
 
 if TYPE_CHECKING:
-    from rlhfkit.reward.ensemble import load_reward_model
+    from rlhfkit.models.reward_ensemble import load_reward_model
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `import rlhfkit` (and `rlhfkit --help`) does not import torch.
     if name == "load_reward_model":
-        from rlhfkit.reward.ensemble import load_reward_model
+        from rlhfkit.models.reward_ensemble import load_reward_model
 
         return load_reward_model
     raise AttributeError(f"module 'rlhfkit' has no attribute {name!r}")

@@ -44,11 +44,11 @@ from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
-from rlhfkit.ppo.rewards import RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
 from rlhfkit.scores import gold_function
+from rlhfkit.scoring.sources import RewardSource
 
 console = Console()
 

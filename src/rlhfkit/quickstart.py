@@ -34,9 +34,9 @@ from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
-from rlhfkit.ppo.rewards import RewardSource
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
+from rlhfkit.scoring.sources import RewardSource
 from rlhfkit.sft.train import SFTConfig, sft
 
 console = Console()

@@ -38,7 +38,7 @@ from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
 from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.models.loading import load_model, load_tokenizer
-from rlhfkit.reward.ensemble import load_reward_model
+from rlhfkit.models.reward_ensemble import load_reward_model
 from rlhfkit.scores import GoldFunction, Judgements, gold_function
 
 console = Console()

@@ -26,10 +26,10 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit.config import ConfigError
 from rlhfkit.models.loading import fused_config, resolve_model_path
 from rlhfkit.models.logprobs import lm_parts
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.reward_ensemble import load_reward_model
 from rlhfkit.ops import fold_heads, token_logprobs
 from rlhfkit.ppo.losses import entropy
-from rlhfkit.reward.ensemble import load_reward_model
-from rlhfkit.reward.model import RewardModel
 
 CriticKind = Literal["shared", "policy", "reward"]
 

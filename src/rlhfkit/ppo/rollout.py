@@ -30,8 +30,8 @@ from rlhfkit.ppo.advantages import (
 )
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import ActorCritic
-from rlhfkit.ppo.rewards import CombinedReward
 from rlhfkit.scores import GoldFunction, distinct_n
+from rlhfkit.scoring.sources import CombinedReward
 from rlhfkit.training.batching import PaddedBatch, TokenSequence, chunks, pad_batch
 from rlhfkit.training.metrics import StepMetrics
 

@@ -35,11 +35,11 @@ from rlhfkit.data.records import Text, load_records, read_prompts
 from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
+from rlhfkit.models.reward_ensemble import is_reward_model
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
-from rlhfkit.ppo.rewards import CombinedReward, RewardSource
 from rlhfkit.ppo.rollout import (
     RewardShaping,
     Rollout,
@@ -48,8 +48,8 @@ from rlhfkit.ppo.rollout import (
     gather_tokens,
     row_seeds,
 )
-from rlhfkit.reward.ensemble import is_reward_model
 from rlhfkit.scores import GoldFunction, gold_function
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.metrics import StepMetrics

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rlhfkit.models.reward import RewardModel, pad_sequences
 from rlhfkit.reward.losses import ranking_loss
-from rlhfkit.reward.model import RewardModel, pad_sequences
 
 FORWARD_OVERHEAD = 64  # one more forward call is worth it if it saves this many padded token positions
 

@@ -31,11 +31,11 @@ from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError, read_rows
 from rlhfkit.data.records import Text, validate_record
 from rlhfkit.models.loading import LoraSettings
+from rlhfkit.models.reward import CONFIG_FILE, RewardModel
+from rlhfkit.models.reward_ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.batching import BucketedRewards, RewardBatch, TokenizedComparison, batch_loss, collate
 from rlhfkit.reward.data import Comparison, bootstrap, load_comparisons
-from rlhfkit.reward.ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.evaluate import evaluate
-from rlhfkit.reward.model import CONFIG_FILE, RewardModel
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.metrics import StepMetrics

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import Text
-from rlhfkit.reward.ensemble import REWARD_MODEL_FILES, is_reward_model, load_reward_model
+from rlhfkit.models.reward_ensemble import REWARD_MODEL_FILES, is_reward_model, load_reward_model
 from rlhfkit.scores import GOLD, gold_function
 
 Scorer = Callable[[Sequence[Text], Sequence[str]], torch.Tensor]

@@ -4,7 +4,7 @@ Christiano et al. 2017 (arXiv:1706.03741, section 2.2.3) fit "an ensemble of pre
 on |D| triples sampled from D with replacement", normalise each member independently and average them;
 the spread of the members is their uncertainty, used to choose which comparisons to ask a human about
 (section 2.2.4). An ensemble directory holds `ensemble.json` and one reward-model directory per member.
-Each `member-N/` loads in `AutoModelForSequenceClassification` on its own (see `reward/model.py`); the
+Each `member-N/` loads in `AutoModelForSequenceClassification` on its own (see `models/reward.py`); the
 ensemble's reward, the mean of its members', has no single-checkpoint form.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rlhfkit.data.records import Text
-from rlhfkit.reward.model import CONFIG_FILE, HFRewardModel, RewardModel, RewardScores, combine, is_sequence_classifier
+from rlhfkit.models.reward import CONFIG_FILE, HFRewardModel, RewardModel, RewardScores, combine, is_sequence_classifier
 
 ENSEMBLE_FILE = "ensemble.json"
 
