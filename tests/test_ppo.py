@@ -90,7 +90,7 @@ def first_rollout(config: PPOConfig):
     prompts = read_prompts(config.prompts)[: config.batch_size]
     kl = KLController(config.kl_coef)
     rollout, stats = collect_rollout(
-        accelerator, model, reference, tokenizer, prompts, row_seeds(0, 1, rows), reward, kl,
+        accelerator, model, reference, tokenizer, prompts, rows, row_seeds(0, 1, rows), reward, kl,
         RunningMoments(), config.shaping, config.sampling, config.micro_batch_size,
     )  # fmt: skip
     optimizer, scheduler = build_optimizer(model, config, 1)

@@ -1,13 +1,33 @@
-"""The PPO maths on hand-computed tensors: KL estimators, token rewards, GAE, whitening, losses, controllers."""
+"""The PPO maths on hand-computed tensors: KL estimators, token rewards, GAE, whitening, the critic-free
+estimators (GRPO, RLOO, REINFORCE++), DAPO's penalties, losses and their aggregation, controllers."""
 
 import math
 
 import pytest
 import torch
 
-from rlhfkit.ppo.advantages import explained_variance, gae, kl_estimate, masked_moments, token_rewards, whiten
+from rlhfkit.ppo.advantages import (
+    explained_variance,
+    gae,
+    grpo,
+    informative_groups,
+    kl_estimate,
+    masked_moments,
+    overlong_penalty,
+    reinforce_pp,
+    rloo,
+    token_rewards,
+    whiten,
+)
 from rlhfkit.ppo.controllers import KLController, RunningMoments
-from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, entropy, policy_gradient
+from rlhfkit.ppo.losses import (
+    clipped_surrogate,
+    clipped_value_loss,
+    entropy,
+    loss_normaliser,
+    policy_gradient,
+    sequence_log_ratio,
+)
 
 
 def close(actual: torch.Tensor, expected: list) -> bool:
@@ -96,17 +116,56 @@ def test_clipped_surrogate_on_hand_values():
     ratios = torch.tensor([1.5, 0.5, 1.1, 0.5])
     advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
     old = torch.tensor([-1.0, -2.0, -0.5, -3.0])
-    loss, stats = clipped_surrogate(old + ratios.log(), old, advantages, clip=0.2)
+    loss, stats = clipped_surrogate((old + ratios.log()) - old, advantages, clip=0.2)
     # max(-A·ρ, -A·clip(ρ)): -1.2 (clip binds), -0.5, 1.1 (no clip needed), 0.8 (clip binds)
     assert close(loss, [-1.2, -0.5, 1.1, 0.8])
     assert close(stats["clipped"], [1.0, 0.0, 0.0, 1.0])
     assert stats["approx_kl"][0].item() == pytest.approx(0.5 - math.log(1.5), abs=1e-6)
 
 
+def test_clip_higher_widens_only_the_upper_side():
+    ratios, advantages = torch.tensor([1.3, 0.7, 1.3]), torch.tensor([1.0, -1.0, -1.0])
+    loss, stats = clipped_surrogate(ratios.log(), advantages, clip=0.2, clip_high=0.28)
+    # ρ 1.3, A > 0: clipped at 1.28 (not 1.2); ρ 0.7, A < 0: max(0.7, 0.8) = 0.8 (lower clip 0.2 binds);
+    # ρ 1.3, A < 0: the unclipped 1.3 is the larger (pessimistic), whatever ε_high
+    assert close(loss, [-1.28, 0.8, 1.3])
+    assert close(stats["clipped"], [1.0, 1.0, 0.0])
+
+
+def test_gspo_ratio_is_the_sequence_mean_with_per_token_gradients():
+    log_ratio = torch.tensor([0.1, 0.3, -0.2, 0.0, 0.5], requires_grad=True)  # rows of 2 and 3 tokens
+    lengths = torch.tensor([2, 3])
+    sequence = sequence_log_ratio(log_ratio, lengths)
+    assert close(sequence, [0.2, 0.2, 0.1, 0.1, 0.1])  # (0.1 + 0.3) / 2; (-0.2 + 0 + 0.5) / 3
+    (sequence.exp() * torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])).sum().backward()
+    # d s_i,t / d log ρ_j = s_i on its own token only: GSPO-token's sg[s_i]·∇log π(y_t)
+    assert close(log_ratio.grad, [math.exp(0.2), 0.0, 0.0, math.exp(0.1), 0.0])
+    _, stats = clipped_surrogate(sequence.detach(), torch.ones(5), clip=0.15)
+    assert close(stats["clipped"], [1.0, 1.0, 0.0, 0.0, 0.0])  # e^0.2 > 1.15 clips all of row 0, e^0.1 none of row 1
+
+
+def test_loss_aggregation_token_sequence_and_constant_means():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])  # row 0: 3 tokens, row 1: 1 token
+    lengths = torch.tensor([3, 1])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
+
+    def aggregate(aggregation: str, rows: list[int]) -> tuple[float, float]:
+        weights, items = loss_normaliser(lengths[rows], aggregation, max_length=4)
+        return (per_token[rows] * weights[:, None])[mask[rows]].sum().item(), items
+
+    expected = {"token_mean": 10 / 4, "sequence_mean": (6 / 3 + 4 / 1) / 2, "constant": 10 / (2 * 4)}
+    for aggregation, value in expected.items():
+        total, items = aggregate(aggregation, [0, 1])
+        assert total / items == pytest.approx(value), aggregation
+        # split over two processes or micro-batches, the sums and counts add up to the same mean
+        (first, n0), (second, n1) = aggregate(aggregation, [0]), aggregate(aggregation, [1])
+        assert (first + second) / (n0 + n1) == pytest.approx(value), aggregation
+
+
 def test_the_ratio_is_one_and_the_gradient_is_the_policy_gradient_before_any_update():
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
     advantages = torch.tensor([0.5, -2.0])
-    loss, stats = clipped_surrogate(logp, logp.detach().clone(), advantages, clip=0.2)
+    loss, stats = clipped_surrogate(logp - logp.detach().clone(), advantages, clip=0.2)
     loss.sum().backward()
     assert torch.equal(stats["ratio"], torch.ones(2))
     assert torch.allclose(logp.grad, -advantages)  # d(-A·ρ)/d log π = -A·ρ = -A at ρ = 1
@@ -157,3 +216,46 @@ def test_running_moments_merge_batches_like_the_whole_sample():
         moments.update(len(part), part.mean().item(), part.var(correction=0).item())
     assert moments.mean == pytest.approx(data.mean().item(), abs=1e-5)
     assert moments.std == pytest.approx(data.std(correction=0).item(), abs=1e-5)
+
+
+def test_grpo_normalises_within_each_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # G = 4: two prompts
+    std = math.sqrt(1 / 3)  # sample std of 1, 0, 0, 1 (mean 0.5: deviations ±0.5, Σ² = 1, / 3)
+    a = 0.5 / (std + 1e-4)  # ε = 1e-4 by default; a group of equal rewards gets 0, not 0/0
+    assert close(grpo(rewards, 4), [a, -a, -a, a, 0, 0, 0, 0])
+    assert close(grpo(rewards, 4, scale=False), [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])  # Dr.GRPO: no std
+    assert close(grpo(torch.tensor([3.0, 1.0]), 2, eps=0.0), [1 / math.sqrt(2), -1 / math.sqrt(2)])
+
+
+def test_rloo_baseline_leaves_each_sample_out():
+    rewards = torch.tensor([1.0, 2.0, 6.0, 5.0, 5.0, 5.0])  # G = 3
+    # 1 - (2 + 6)/2 = -3; 2 - (1 + 6)/2 = -1.5; 6 - (1 + 2)/2 = 4.5; a group of equal rewards: 0
+    assert close(rloo(rewards, 3), [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0])
+    assert close(rloo(rewards, 3), (3 / 2 * (rewards.view(2, 3) - rewards.view(2, 3).mean(1, keepdim=True))).flatten())
+
+
+def test_reinforce_pp_normalises_returns_over_the_global_batch():
+    rewards = torch.tensor([[-0.1, -0.1, 1.0], [-0.2, 2.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    advantages, returns = reinforce_pp(rewards, mask, gamma=1.0)
+    assert close(returns, [[0.8, 0.9, 1.0], [1.8, 2.0, 0.0]])  # returns-to-go; nothing on padding
+    real = torch.tensor([0.8, 0.9, 1.0, 1.8, 2.0])
+    expected = (real - real.mean()) / real.std(correction=0)
+    assert close(advantages[mask.bool()], expected.tolist()) and advantages[1, 2] == 0
+    _, discounted = reinforce_pp(rewards, mask, gamma=0.5)
+    assert close(discounted[0], [-0.1 - 0.05 + 0.25, -0.1 + 0.5, 1.0])
+    # the moments of two shards, summed (as over processes), give the whole batch's normalisation
+    whole = masked_moments(returns, mask)
+    sharded, _ = reinforce_pp(rewards[:1], mask[:1], gamma=1.0, total=lambda local: whole)
+    assert torch.allclose(sharded, advantages[:1], atol=1e-6)
+
+
+def test_overlong_penalty_is_linear_over_the_buffer():
+    lengths = torch.tensor([10, 12, 14, 16])
+    # L_max 16, L_cache 4: free up to 12, then (12 - |y|) / 4
+    assert close(overlong_penalty(lengths, max_length=16, buffer=4), [0.0, 0.0, -0.5, -1.0])
+
+
+def test_dynamic_sampling_keeps_groups_with_different_scores():
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    assert informative_groups(scores, 2).tolist() == [False, False, True, True, False, False]

@@ -25,7 +25,7 @@ from rlhfkit.feedback import cli as feedback_cli
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.loop import LoopConfig, loop
-from rlhfkit.ppo.train import PPOConfig, ppo
+from rlhfkit.ppo.train import GRPOConfig, PPOConfig, RLOOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
 from rlhfkit.reward.train import RewardConfig, reward
@@ -148,6 +148,18 @@ def _reward(config: RewardConfig) -> None:
 
 @stage_command("ppo", PPOConfig, "RL against reward models: PPO (or A2C) with a KL penalty to the reference, PPO-ptx.")
 def _ppo(config: PPOConfig) -> None:
+    print(ppo(config))
+
+
+@stage_command(
+    "grpo", GRPOConfig, "The ppo stage with GRPO's defaults: G samples per prompt, no critic, KL in the loss."
+)
+def _grpo(config: GRPOConfig) -> None:
+    print(ppo(config))
+
+
+@stage_command("rloo", RLOOConfig, "The ppo stage with RLOO's defaults: G samples per prompt, leave-one-out baseline.")
+def _rloo(config: RLOOConfig) -> None:
     print(ppo(config))
 
 

@@ -1,11 +1,15 @@
-"""From a rollout to advantages: the KL estimators, per-token rewards, GAE and whitening, on (B, T) tensors.
+"""From a rollout to advantages: the KL estimators, per-token rewards, GAE and whitening, on (B, T) tensors,
+and the critic-free estimators (GRPO, RLOO, REINFORCE++) that `ESTIMATORS` chooses between by `algo`.
 
 T counts response tokens; `mask` is 1 on real response tokens (through EOS) and 0 on the padding after.
+Group estimators read a global batch whose rows g·G ... g·G + G - 1 are the G samples of one prompt.
 Every function is pure: no model, no state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -13,6 +17,25 @@ import torch
 from rlhfkit.ops import last_index
 
 KLEstimator = Literal["k1", "k2", "k3"]
+Algo = Literal["ppo", "a2c", "grpo", "rloo", "reinforce_pp"]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """How an `algo` turns rewards into advantages."""
+
+    function: Literal["gae", "grpo", "rloo", "reinforce_pp"]  # of this module
+    critic: bool  # needs a value model; the critic-free ones build and train none
+    grouped: bool  # compares the G ≥ 2 samples of each prompt
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "ppo": Estimator("gae", critic=True, grouped=False),  # Schulman et al. 2017; clipped surrogate, epochs
+    "a2c": Estimator("gae", critic=True, grouped=False),  # Mnih et al. 2016; one plain policy-gradient pass
+    "grpo": Estimator("grpo", critic=False, grouped=True),  # Shao et al. 2024
+    "rloo": Estimator("rloo", critic=False, grouped=True),  # Ahmadian et al. 2024
+    "reinforce_pp": Estimator("reinforce_pp", critic=False, grouped=False),  # Hu 2025
+}
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
@@ -74,6 +97,72 @@ def gae(
         next_value = torch.where(real, values[:, t], next_value)
         next_advantage = torch.where(real, advantage, next_advantage)
     return advantages, (advantages + values) * mask
+
+
+def grpo(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages of outcome rewards (GRPO: Shao et al. 2024, DeepSeekMath, arXiv:2402.03300,
+    section 4.1.2): each of the G samples of a prompt gets, on every one of its tokens,
+
+        A_i = (r_i - mean_g r) / (std_g r + ε)
+
+    with the sample std (n - 1, as TRL and OpenRLHF compute it). scale=False drops the division (Dr.GRPO: Liu
+    et al. 2025, arXiv:2503.20783, section 3.1: the std weights prompts of low reward spread up).
+    rewards: (B,), B a multiple of G -> (B,).
+    """
+    groups = rewards.view(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def rloo(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE with the leave-one-out baseline (RLOO: Ahmadian et al. 2024, arXiv:2402.14740, eq. 6; Kool
+    et al. 2019): each sample's baseline is the mean reward of the other G - 1 samples of its prompt,
+
+        A_i = r_i - 1/(G-1) · Σ_{j≠i} r_j        (= G/(G-1) · (r_i - mean_g r))
+
+    rewards: (B,), B a multiple of G -> (B,).
+    """
+    groups = rewards.view(-1, group_size)
+    baseline = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - baseline).reshape(-1)
+
+
+def reinforce_pp(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda moments: moments,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025, arXiv:2501.03262, section 3): the per-token rewards r_t of `token_rewards`
+    (score on the last token, -β·KL_t on each), their return with no critic, normalised over the global batch:
+
+        G_t = Σ_{s≥t} γ^(s-t)·r_s,     A_t = (G_t - mean G) / std G
+
+    `total` sums `masked_moments` over processes (identity: one process), so the mean and std are the global
+    batch's. Returns (advantages, returns), both (B, T).
+    """
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)  # V = 0, λ = 1: the return
+    return whiten(returns, mask, total(masked_moments(returns, mask))), returns
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13), added to the score:
+
+        0                                   |y| ≤ L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache   L_max - L_cache < |y| ≤ L_max     (down to -1 at L_max)
+
+    with L_max = max_new_tokens (responses are cut there) and L_cache = `buffer`. lengths: (B,) -> (B,).
+    """
+    return ((max_length - buffer - lengths.float()) / buffer).clamp(min=-1.0, max=0.0)
+
+
+def informative_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) bool: False on the rows of groups whose G scores are all equal (every group-relative advantage
+    0): what DAPO's dynamic sampling drops (Yu et al. 2025, arXiv:2503.14476, eq. 11)."""
+    groups = scores.view(-1, group_size)
+    return (groups.amax(1) > groups.amin(1)).repeat_interleave(group_size)
 
 
 def masked_moments(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

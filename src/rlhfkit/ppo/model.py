@@ -1,6 +1,6 @@
 """The policy and its critic as one module, so one DDP wrapper and one optimizer serve both.
 
-Three critics (`critic` in the config):
+Three critics (`critic` in the config), or none for the critic-free estimators (GRPO, RLOO, REINFORCE++):
 - `shared`: a linear value head on the policy's own last hidden states (one forward for both; the
   cheapest; with LoRA the value head trains beside the adapters);
 - `policy`: a separate transformer initialised from the policy's starting weights, with a new value head;
@@ -35,16 +35,16 @@ CriticKind = Literal["shared", "policy", "reward"]
 
 
 class ActorCritic(nn.Module):
-    """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,), entropy (N,)
-    in eval mode, else None)."""
+    """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,) (None: no
+    value head), entropy (N,) in eval mode, else None)."""
 
     def __init__(
-        self, policy: PreTrainedModel, critic: nn.Module | None, value_head: nn.Linear, temperature: float
+        self, policy: PreTrainedModel, critic: nn.Module | None, value_head: nn.Linear | None, temperature: float
     ) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic  # None: the value head reads the policy's hidden states
-        self.value_head = value_head
+        self.value_head = value_head  # None: critic-free, no value is predicted
         self.temperature = temperature
         self.parts = lm_parts(policy)  # a tuple, so the weights are not registered twice
 
@@ -62,6 +62,8 @@ class ActorCritic(nn.Module):
         if not self.training:  # logged from the rollout; the update has no entropy term and skips the softmax
             with torch.no_grad():
                 token_entropy = entropy(logits)
+        if self.value_head is None:
+            return token_logprobs(logits, targets), None, token_entropy
         if self.critic is not None:
             hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
         return token_logprobs(logits, targets), self.value_head(hidden).squeeze(-1), token_entropy
@@ -85,11 +87,13 @@ def build_actor_critic(
     policy: PreTrainedModel,
     policy_path: str,
     tokenizer: PreTrainedTokenizerBase,
-    kind: CriticKind,
+    kind: CriticKind | None,
     reward_path: str | None,
     temperature: float,
 ) -> ActorCritic:
-    """The policy with a critic of `kind` (see the module docstring)."""
+    """The policy with a critic of `kind` (see the module docstring); None: no critic and no value head."""
+    if kind is None:
+        return ActorCritic(policy, None, None, temperature)
     hidden_size = policy.config.get_text_config().hidden_size
     if kind == "shared":
         return ActorCritic(policy, None, zero_head(hidden_size), temperature)

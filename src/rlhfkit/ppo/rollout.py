@@ -1,9 +1,10 @@
 """Experience for one PPO step: sample responses, score them, and turn scores into advantages.
 
-A global batch of B prompts is split over processes (process r holds rows r, r + W, ...). Each row samples
-from its own seed (seed, step, row), so the responses do not depend on the number of processes or on
-where a run was resumed. Statistics that shape the update (reward normalisation, advantage whitening,
-the KL used by the adaptive β) are computed over the global batch.
+A global batch of B rows is split over processes (process r holds rows r, r + W, ...); with G samples per
+prompt, rows g·G ... g·G + G - 1 repeat prompt g. Each row samples from its own seed (seed, step, row), so
+the responses do not depend on the number of processes or on where a run was resumed. Statistics that shape
+the update (reward normalisation, advantage whitening, group baselines, the KL used by the adaptive β) are
+computed over the global batch.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from rlhfkit.ppo.advantages import (
     KLEstimator,
     explained_variance,
     gae,
+    grpo,
+    informative_groups,
     kl_estimate,
     masked_moments,
+    overlong_penalty,
+    reinforce_pp,
+    rloo,
     token_rewards,
     whiten,
 )
@@ -47,6 +53,15 @@ class RewardShaping:
     gamma: float
     lam: float
     whiten_advantages: bool
+    estimator: str = "gae"  # an `advantages.ESTIMATORS` function: gae, grpo, rloo or reinforce_pp
+    group_size: int = 1  # G samples per prompt, in consecutive rows
+    scale_rewards: bool = True  # grpo: divide by the group's std (False: Dr.GRPO)
+    kl_in_reward: bool = True  # -β·KL_t in the rewards (False: the update's k3 loss term instead)
+    reference_free: bool = False  # no reference model: no KL at all
+    overlong_buffer: int = 0  # DAPO's L_cache (0: no overlong penalty)
+    overlong_penalty: float = 1.0  # weight of the overlong penalty
+    max_length: int = 0  # L_max: sampling's max_new_tokens
+    dynamic_sampling: bool = False  # drop groups whose scores are all equal
 
 
 @dataclass
@@ -62,6 +77,9 @@ class Rollout:
     prompts: list[Text]
     texts: list[str]
     scores: torch.Tensor  # (b,) the combined reward, before normalisation
+    ref_logprobs: torch.Tensor  # log π_ref(y_t) (= logprobs without a reference)
+    kl_coef: float  # β when the rollout was made: the weight of a KL loss term
+    dropped: set[int]  # global rows that dynamic sampling leaves out of the update
 
 
 def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
@@ -88,17 +106,27 @@ def batch_on(sequences: list[TokenSequence], pad_id: int, device: torch.device) 
 
 @torch.no_grad()
 def forward_rows(
-    model: ActorCritic, reference: PreTrainedModel | None, sequences: list[TokenSequence], pad_id: int, micro: int
+    model: ActorCritic,
+    reference: PreTrainedModel | None,
+    sequences: list[TokenSequence],
+    pad_id: int,
+    micro: int,
+    reference_free: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log π, log π_ref, V, entropy) of every response token, concatenated row by row."""
+    """(log π, log π_ref, V, entropy) of every response token, concatenated row by row. Without a value head V
+    is 0; reference_free: log π_ref = log π (no reference forward)."""
     device = next(model.parameters()).device
     parts: list[tuple[torch.Tensor, ...]] = []
     for rows in chunks(list(range(len(sequences))), micro):
         batch = batch_on([sequences[i] for i in rows], pad_id, device)
         scored = batch.loss_mask[:, 1:].bool()
         logprobs, values, token_entropy = model(batch.input_ids, batch.attention_mask, scored)
-        ref = model.reference_logprobs(reference, batch.input_ids, batch.attention_mask, scored)
-        parts.append((logprobs, ref, values, token_entropy))
+        ref = (
+            logprobs
+            if reference_free
+            else model.reference_logprobs(reference, batch.input_ids, batch.attention_mask, scored)
+        )
+        parts.append((logprobs, ref, torch.zeros_like(logprobs) if values is None else values, token_entropy))
     return tuple(torch.cat(column).float().cpu() for column in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
@@ -124,6 +152,7 @@ def sample_responses(
     seeds: list[int],
     settings: SamplingSettings,
     micro: int,
+    reference_free: bool = False,
 ) -> Responses:
     """Step 1: one response per prompt (row seeds), then its log-probabilities, reference log-probabilities,
     values and entropies, read in eval mode (the model is put back in its mode after)."""
@@ -135,7 +164,8 @@ def sample_responses(
         raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
     mask = samples.response_mask.cpu().float()
     logprobs, ref_logprobs, values, entropy = (
-        scatter_tokens(t, mask) for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro)
+        scatter_tokens(t, mask)
+        for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro, reference_free)
     )
     model.train(was_training)
     ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
@@ -146,13 +176,18 @@ def shaped_scores(
     accelerator: Accelerator,
     raw_scores: torch.Tensor,
     ended: torch.Tensor,
+    lengths: torch.Tensor,
     moments: RunningMoments,
     shaping: RewardShaping,
     update_statistics: bool,
 ) -> torch.Tensor:
-    """Step 2: the scores the update sees: less the missing-EOS penalty, normalised by the running moments
-    of the global batches' scores (updated first, unless `update_statistics` is False), then clipped."""
+    """Step 2: the scores the update sees: less the missing-EOS and overlong penalties, normalised by the
+    running moments of the global batches' scores (updated first, unless `update_statistics` is False), then
+    clipped."""
     scores = raw_scores - shaping.missing_eos_penalty * (~ended).float()
+    if shaping.overlong_buffer:
+        penalty = overlong_penalty(lengths, shaping.max_length, shaping.overlong_buffer)
+        scores = scores + shaping.overlong_penalty * penalty
     if shaping.reward_norm:
         if update_statistics:
             update_moments(accelerator, moments, scores)
@@ -167,15 +202,52 @@ def kl_penalty(responses: Responses, estimator: KLEstimator) -> torch.Tensor:
     return kl_estimate(responses.logprobs, responses.ref_logprobs, estimator) * responses.mask
 
 
+def global_rows(rows: list[int], values: torch.Tensor) -> torch.Tensor:
+    """(b,) values of this process's global `rows` -> (B,) values of the whole global batch, in row order."""
+    pairs = sorted(gather_object(list(zip(rows, values.tolist(), strict=True))))
+    return torch.tensor([value for _, value in pairs], dtype=values.dtype)
+
+
 def advantages_and_returns(
-    accelerator: Accelerator, rewards: torch.Tensor, responses: Responses, shaping: RewardShaping
+    accelerator: Accelerator, rewards: torch.Tensor, responses: Responses, shaping: RewardShaping, rows: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 4: GAE on the per-token rewards; advantages whitened over the global batch if asked."""
-    advantages, returns = gae(rewards, responses.values, responses.mask, shaping.gamma, shaping.lam)
-    if shaping.whiten_advantages:
-        local = masked_moments(advantages, responses.mask).to(accelerator.device)
-        advantages = whiten(advantages, responses.mask, accelerator.reduce(local, reduction="sum").cpu())
-    return advantages, returns
+    """Step 4: the estimator's advantages: GAE on the per-token rewards, whitened over the global batch if
+    asked; REINFORCE++'s returns normalised over the global batch; or GRPO's or RLOO's group baseline on the
+    sequence rewards (Σ_t r_t) of the global batch, on every token of a row. Critic-free returns are the
+    plain returns (γ, no critic), logged only."""
+    mask = responses.mask
+
+    def total(local: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+
+    if shaping.estimator == "gae":
+        advantages, returns = gae(rewards, responses.values, mask, shaping.gamma, shaping.lam)
+        if shaping.whiten_advantages:
+            advantages = whiten(advantages, mask, total(masked_moments(advantages, mask)))
+        return advantages, returns
+    if shaping.estimator == "reinforce_pp":
+        return reinforce_pp(rewards, mask, shaping.gamma, total)
+    sequence_rewards = global_rows(rows, rewards.sum(1))
+    if shaping.estimator == "grpo":
+        per_row = grpo(sequence_rewards, shaping.group_size, shaping.scale_rewards)
+    else:
+        per_row = rloo(sequence_rewards, shaping.group_size)
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, shaping.gamma, lam=1.0)
+    return per_row[rows][:, None] * mask, returns
+
+
+def group_filter(
+    rows: list[int], raw_scores: torch.Tensor, shaping: RewardShaping
+) -> tuple[set[int], dict[str, float]]:
+    """The global rows dynamic sampling drops (groups whose G scores are all equal, if asked) and the share of
+    such groups; nothing without groups."""
+    if shaping.group_size < 2:
+        return set(), {}
+    informative = informative_groups(global_rows(rows, raw_scores), shaping.group_size)
+    share = 1 - informative.float().mean().item()  # groups are equal in size: the share of rows is that of groups
+    if not shaping.dynamic_sampling:
+        return set(), {"groups/all_equal": share}
+    return set((~informative).nonzero().flatten().tolist()), {"groups/all_equal": share, "groups/dropped": share}
 
 
 def rollout_metrics(
@@ -214,6 +286,7 @@ def collect_rollout(
     reference: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Text],
+    rows: list[int],
     seeds: list[int],
     reward: CombinedReward,
     kl: KLController,
@@ -224,17 +297,25 @@ def collect_rollout(
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
 ) -> tuple[Rollout, dict[str, float]]:
-    """Sample → score → KL → advantages for this process's prompts; the rollout and global-batch metrics.
+    """Sample → score → KL → advantages for this process's prompts (global `rows` of the batch); the rollout
+    and global-batch metrics.
 
-    With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated.
+    With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated, and
+    no advantages are computed (nothing trains on the rollout).
     """
-    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro)
+    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro, shaping.reference_free)
     raw_scores, terms = reward(prompts, responses.texts)
     raw_scores = raw_scores.cpu().float()
-    scores = shaped_scores(accelerator, raw_scores, responses.ended, moments, shaping, update_statistics)
+    lengths = responses.mask.sum(1)
+    scores = shaped_scores(accelerator, raw_scores, responses.ended, lengths, moments, shaping, update_statistics)
     kl_tokens = kl_penalty(responses, shaping.kl_estimator)
-    rewards = token_rewards(scores, kl_tokens, kl.beta, responses.mask)
-    advantages, returns = advantages_and_returns(accelerator, rewards, responses, shaping)
+    rewards = token_rewards(scores, kl_tokens, kl.beta if shaping.kl_in_reward else 0.0, responses.mask)
+    advantages = returns = torch.zeros_like(rewards)
+    dropped: set[int] = set()
+    group_metrics: dict[str, float] = {}
+    if update_statistics:
+        advantages, returns = advantages_and_returns(accelerator, rewards, responses, shaping, rows)
+        dropped, group_metrics = group_filter(rows, raw_scores, shaping)
     per_sequence = {
         "reward/score": raw_scores,
         "reward/total": rewards.sum(1),
@@ -245,9 +326,14 @@ def collect_rollout(
         per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
     rollout = Rollout(
         responses.sequences, responses.mask, responses.logprobs, responses.values, advantages, returns,
-        list(prompts), responses.texts, raw_scores,
+        list(prompts), responses.texts, raw_scores, responses.ref_logprobs, kl.beta, dropped,
     )  # fmt: skip
-    return rollout, rollout_metrics(accelerator, responses, per_sequence, returns)
+    metrics = rollout_metrics(accelerator, responses, per_sequence, returns) | group_metrics
+    if shaping.estimator != "gae":  # no critic to explain the returns
+        del metrics["ppo/explained_variance"]
+    if shaping.reference_free:  # no reference: no KL to report
+        metrics = {key: value for key, value in metrics.items() if not key.startswith("kl/")}
+    return rollout, metrics
 
 
 def update_moments(accelerator: Accelerator, moments: RunningMoments, scores: torch.Tensor) -> None:

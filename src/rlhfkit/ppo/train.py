@@ -8,9 +8,14 @@ the last token, a per-token KL penalty to the frozen reference, GAE, whitened ad
 
 (PPO-ptx, InstructGPT eq. 2). `algo: a2c` makes one pass of the plain policy gradient instead.
 
-Losses are token means over the global minibatch (`training.reduction.GlobalMean`), so two processes
-reproduce one. A
-minibatch is a seeded draw of global rows; each process trains on the drawn rows it sampled.
+The same loop runs the critic-free estimators (`advantages.ESTIMATORS`): `algo: grpo`, `rloo` (G samples
+per prompt from one batched generation, a group baseline) and `reinforce_pp` (a globally normalised
+return); they build no critic and have no value loss. The KL to the reference goes into the rewards
+(InstructGPT) or into the loss as a k3 term (GRPO); with β = 0 there need be no reference at all.
+
+Losses are means over the global minibatch (`training.reduction.GlobalMean`): of tokens, of sequences, or
+of sequences × max length (`loss_aggregation`), so two processes reproduce one. A minibatch is a seeded
+draw of global rows; each process trains on the drawn rows it sampled.
 """
 
 from __future__ import annotations
@@ -36,9 +41,16 @@ from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.models.reward_ensemble import is_reward_model
-from rlhfkit.ppo.advantages import KLEstimator
+from rlhfkit.ppo.advantages import ESTIMATORS, Algo, KLEstimator, kl_estimate
 from rlhfkit.ppo.controllers import KLController, RunningMoments
-from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
+from rlhfkit.ppo.losses import (
+    LossAggregation,
+    clipped_surrogate,
+    clipped_value_loss,
+    loss_normaliser,
+    policy_gradient,
+    sequence_log_ratio,
+)
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
 from rlhfkit.ppo.rollout import (
     RewardShaping,
@@ -74,12 +86,44 @@ class PPOConfig(TrainSettings):
     )
     gold: str | None = Field(None, description="gold score to log, never trained on: vader, length, python:mod:fn")
     critic: CriticKind = Field("policy", description="value model: shared (head on the policy), policy or reward")
-    algo: Literal["ppo", "a2c"] = Field("ppo", description="ppo (clipped, several epochs) or a2c (one plain pass)")
+    algo: Algo = Field(
+        "ppo",
+        description="ppo (GAE, clipped, epochs) | a2c (GAE, one plain pass) | grpo, rloo (group baselines over "
+        "group_size samples) | reinforce_pp (global normalisation); the last three build no critic",
+    )
+    group_size: int = Field(1, ge=1, description="G: samples per prompt, in one batched generation (grpo/rloo: ≥ 2)")
+    scale_rewards: bool = Field(True, description="grpo: divide by the group's reward std (false: Dr.GRPO)")
+    kl_placement: Literal["reward", "loss"] = Field(
+        "reward", description="-β·KL in the per-token rewards (InstructGPT) or β·k3 KL as a loss term (GRPO)"
+    )
+    load_reference: bool | None = Field(
+        None,
+        description="load the reference (false: none, no KL; needs kl_coef 0). None: when kl_coef > 0 or "
+        "kl_target is set, and always for ppo/a2c",
+    )
+    loss_aggregation: LossAggregation = Field(
+        "token_mean",
+        description="token_mean over the minibatch (DAPO) | sequence_mean (GRPO) | constant: token sum / "
+        "max_new_tokens per sequence (Dr.GRPO)",
+    )
+    importance_ratio: Literal["token", "sequence"] = Field(
+        "token", description="PPO's per-token ratio, or GSPO's sequence ratio exp(mean log-ratio), clipped per sequence"
+    )
+    cliprange_high: float | None = Field(
+        None, gt=0, description="upper ratio clip ε_high, DAPO's clip-higher (None: cliprange, symmetric)"
+    )
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: leave groups whose G scores are all equal out of the update (needs group_size ≥ 2)"
+    )
+    overlong_buffer: int = Field(
+        0, ge=0, description="DAPO's soft overlong penalty over the last N tokens before max_new_tokens (0: off)"
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="weight of the overlong penalty (its most: -1 at the limit)")
     sampling: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
         description="rollout sampling; its temperature also scales the logits of every log-probability",
     )
-    batch_size: int = Field(64, ge=1, description="episodes (prompts) per PPO step, over all processes")
+    batch_size: int = Field(64, ge=1, description="episodes (prompts × group_size) per step, over all processes")
     mini_batch_size: int = Field(16, ge=1, description="episodes per optimizer step, over all processes")
     micro_batch_size: int = Field(16, ge=1, description="episodes per forward pass on one process")
     ppo_epochs: int = Field(4, ge=1, description="passes over each batch (a2c: always 1)")
@@ -94,7 +138,7 @@ class PPOConfig(TrainSettings):
     kl_horizon: int = Field(10_000, ge=1, description="adaptive β: horizon in episodes (Ziegler et al.)")
     gamma: float = Field(1.0, ge=0, le=1, description="discount γ")
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
-    cliprange: float = Field(0.2, gt=0, description="PPO ratio clip ε")
+    cliprange: float = Field(0.2, gt=0, description="PPO ratio clip ε (the lower one, ε_low, with cliprange_high)")
     cliprange_value: float = Field(0.2, gt=0, description="value clip ε_v")
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
     whiten_advantages: bool = Field(True, description="normalise advantages over the batch")
@@ -118,6 +162,20 @@ class PPOConfig(TrainSettings):
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of mini_batch_size")
         if self.ptx_coef > 0 and self.ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data")
+        estimator = ESTIMATORS[self.algo]
+        if estimator.grouped and self.group_size < 2:
+            raise ValueError(f"group_size {self.group_size}: algo {self.algo} compares G ≥ 2 samples per prompt")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dynamic_sampling drops groups of equal scores: it needs group_size ≥ 2")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of group_size {self.group_size}")
+        critic_options = sorted(CRITIC_OPTIONS & self.model_fields_set)
+        if not estimator.critic and critic_options:
+            raise ValueError(f"{', '.join(critic_options)}: critic options, but algo {self.algo} has no critic")
+        if self.load_reference is False and (self.kl_coef > 0 or self.kl_target is not None):
+            raise ValueError("load_reference false: no KL can be measured; set kl_coef 0 and no kl_target")
+        if self.algo == "a2c" and (self.importance_ratio == "sequence" or self.cliprange_high is not None):
+            raise ValueError("importance_ratio, cliprange_high: a2c has no importance ratio to clip")
         return self
 
     @property
@@ -125,16 +183,63 @@ class PPOConfig(TrainSettings):
         return 1 if self.algo == "a2c" else self.ppo_epochs
 
     @property
+    def uses_reference(self) -> bool:
+        """Whether a reference model is loaded (`load_reference`)."""
+        if self.load_reference is not None:
+            return self.load_reference
+        return self.kl_coef > 0 or self.kl_target is not None or ESTIMATORS[self.algo].critic
+
+    @property
     def shaping(self) -> RewardShaping:
         return RewardShaping(
-            self.kl_estimator,
-            self.missing_eos_penalty,
-            self.reward_norm,
-            self.reward_clip,
-            self.gamma,
-            self.lam,
-            self.whiten_advantages,
+            kl_estimator=self.kl_estimator,
+            missing_eos_penalty=self.missing_eos_penalty,
+            reward_norm=self.reward_norm,
+            reward_clip=self.reward_clip,
+            gamma=self.gamma,
+            lam=self.lam,
+            whiten_advantages=self.whiten_advantages,
+            estimator=ESTIMATORS[self.algo].function,
+            group_size=self.group_size,
+            scale_rewards=self.scale_rewards,
+            kl_in_reward=self.kl_placement == "reward",
+            reference_free=not self.uses_reference,
+            overlong_buffer=self.overlong_buffer,
+            overlong_penalty=self.overlong_penalty,
+            max_length=self.sampling.max_new_tokens,
+            dynamic_sampling=self.dynamic_sampling,
         )
+
+
+# Fields that only a critic uses: an error, not silently ignored, with a critic-free algo.
+CRITIC_OPTIONS = {"critic", "value_learning_rate", "vf_coef", "cliprange_value", "lam", "whiten_advantages"}
+
+
+class GRPOConfig(PPOConfig):
+    """`rlhfkit grpo`: the PPO stage with GRPO's defaults (Shao et al. 2024): G samples per prompt, the group-
+    normalised reward as every token's advantage, no critic, β·k3 KL in the loss, sequence-mean loss."""
+
+    algo: Algo = Field("grpo", description=PPOConfig.model_fields["algo"].description)
+    group_size: int = Field(4, ge=1, description=PPOConfig.model_fields["group_size"].description)
+    kl_placement: Literal["reward", "loss"] = Field(
+        "loss", description=PPOConfig.model_fields["kl_placement"].description
+    )
+    kl_coef: float = Field(0.04, ge=0, description=PPOConfig.model_fields["kl_coef"].description)
+    loss_aggregation: LossAggregation = Field(
+        "sequence_mean", description=PPOConfig.model_fields["loss_aggregation"].description
+    )
+    ppo_epochs: int = Field(1, ge=1, description=PPOConfig.model_fields["ppo_epochs"].description)
+    output_dir: str = Field("runs/grpo", description=PPOConfig.model_fields["output_dir"].description)
+
+
+class RLOOConfig(PPOConfig):
+    """`rlhfkit rloo`: the PPO stage with RLOO's defaults (Ahmadian et al. 2024): G samples per prompt, the
+    leave-one-out baseline, no critic, the KL in the reward, one pass per batch."""
+
+    algo: Algo = Field("rloo", description=PPOConfig.model_fields["algo"].description)
+    group_size: int = Field(4, ge=1, description=PPOConfig.model_fields["group_size"].description)
+    ppo_epochs: int = Field(1, ge=1, description=PPOConfig.model_fields["ppo_epochs"].description)
+    output_dir: str = Field("runs/rloo", description=PPOConfig.model_fields["output_dir"].description)
 
 
 class PPOState:
@@ -170,25 +275,35 @@ def minibatches(config: PPOConfig, step: int, epoch: int) -> list[list[int]]:
 
 
 def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(Σ of token losses, per-token statistics) of some local rows of the rollout."""
+    """(Σ of the token losses weighted as `loss_aggregation` says, per-token statistics) of some local rows."""
     config = state.config
     batch = batch_on([rollout.sequences[i] for i in rows], state.pad_id, state.accelerator.device)
     logprobs, values, _ = state.model(batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool())
     device = logprobs.device
-    old_logprobs, old_values, advantages, returns = (
+    old_logprobs, old_values, advantages, returns, ref_logprobs = (
         gather_tokens(t, rows, rollout.mask).to(device)
-        for t in (rollout.logprobs, rollout.values, rollout.advantages, rollout.returns)
+        for t in (rollout.logprobs, rollout.values, rollout.advantages, rollout.returns, rollout.ref_logprobs)
     )
+    lengths = rollout.mask[rows].sum(1).long()
+    log_ratio = logprobs - old_logprobs
+    if config.importance_ratio == "sequence":
+        log_ratio = sequence_log_ratio(log_ratio, lengths)
     if config.algo == "a2c":
-        policy_loss, stats = policy_gradient(logprobs, advantages)
-        value_loss, value_stats = clipped_value_loss(values, old_values, returns, None)
+        loss, stats = policy_gradient(logprobs, advantages)
     else:
-        policy_loss, stats = clipped_surrogate(logprobs, old_logprobs, advantages, config.cliprange)
-        value_loss, value_stats = clipped_value_loss(values, old_values, returns, config.cliprange_value)
-    loss = policy_loss + config.vf_coef * value_loss
-    stats = {f"ppo/{k}": v for k, v in stats.items()} | {f"value/{k}": v for k, v in value_stats.items()}
-    stats |= {"ppo/policy_loss": policy_loss.detach(), "value/loss": value_loss.detach()}
-    return loss.sum(), stats
+        loss, stats = clipped_surrogate(log_ratio, advantages, config.cliprange, config.cliprange_high)
+    stats = {f"ppo/{k}": v for k, v in stats.items()} | {"ppo/policy_loss": loss.detach()}
+    if values is not None:
+        clip = None if config.algo == "a2c" else config.cliprange_value
+        value_loss, value_stats = clipped_value_loss(values, old_values, returns, clip)
+        loss = loss + config.vf_coef * value_loss
+        stats |= {f"value/{k}": v for k, v in value_stats.items()} | {"value/loss": value_loss.detach()}
+    if config.kl_placement == "loss" and rollout.kl_coef > 0:  # GRPO: β·k3, unbiased and ≥ 0, in the loss
+        kl_loss = kl_estimate(logprobs, ref_logprobs, "k3")
+        loss = loss + rollout.kl_coef * kl_loss
+        stats["ppo/kl_loss"] = kl_loss.detach()
+    row_weights, _ = loss_normaliser(lengths, config.loss_aggregation, config.sampling.max_new_tokens)
+    return (loss * row_weights.to(device).repeat_interleave(lengths.to(device))).sum(), stats
 
 
 def ptx_loss(state: PPOState, sequences: list[TokenSequence]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +320,9 @@ def optimizer_update(
     accelerator, config = state.accelerator, state.config
     rank, world = accelerator.process_index, accelerator.num_processes
     local = [g // world for g in members if g % world == rank]  # process r sampled rows r, r + W, ...
-    tokens = GlobalMean.over(accelerator, float(rollout.mask[local].sum()))  # token-level
+    lengths = rollout.mask[local].sum(1)
+    _, items = loss_normaliser(lengths, config.loss_aggregation, config.sampling.max_new_tokens)
+    normalise = GlobalMean.over(accelerator, items)  # tokens, sequences, or sequences × max length
     # a process with no row in this minibatch still takes part in DDP's gradient sync, with weight 0
     weight = 1.0 if local else 0.0
 
@@ -213,7 +330,7 @@ def optimizer_update(
         loss, stats = ppo_losses(state, rollout, part)
         if local:
             metrics.add(stats)
-        return tokens(weight * loss)
+        return normalise(weight * loss)
 
     micro_losses = [partial(ppo_micro_loss, part) for part in chunks(local or [0], config.micro_batch_size)]
     if state.ptx_order is not None:
@@ -236,14 +353,16 @@ def optimizer_update(
 
 
 def ppo_update(state: PPOState, rollout: Rollout, step: int) -> dict[str, float]:
-    """`epochs_per_batch` passes over the batch in minibatches; the metrics averaged over all of them."""
+    """`epochs_per_batch` passes over the batch in minibatches; the metrics averaged over all of them. Rows
+    dropped by dynamic sampling leave their minibatches; a minibatch left empty is no optimizer step."""
     config = state.config
     metrics = StepMetrics()
     updates_per_epoch = config.batch_size // config.mini_batch_size
     for epoch in range(config.epochs_per_batch):
-        for j, members in enumerate(minibatches(config, step, epoch)):
+        for j, drawn in enumerate(minibatches(config, step, epoch)):
             update_index = ((step - 1) * config.epochs_per_batch + epoch) * updates_per_epoch + j
-            optimizer_update(state, rollout, members, update_index, metrics)
+            if members := [g for g in drawn if g not in rollout.dropped]:
+                optimizer_update(state, rollout, members, update_index, metrics)
     return metrics.mean(state.accelerator) | {"train/lr": float(state.scheduler.get_last_lr()[0])}
 
 
@@ -266,9 +385,9 @@ class RolloutMaker:
     ) -> tuple[Rollout, dict[str, float]]:
         config = self.config
         return collect_rollout(
-            self.accelerator, self.model, self.reference, self.tokenizer, prompts, row_seeds(config.seed, step, rows),
-            self.reward, self.kl, self.moments, config.shaping, config.sampling, config.micro_batch_size, self.gold,
-            update_statistics,
+            self.accelerator, self.model, self.reference, self.tokenizer, prompts, rows,
+            row_seeds(config.seed, step, rows), self.reward, self.kl, self.moments, config.shaping, config.sampling,
+            config.micro_batch_size, self.gold, update_statistics,
         )  # fmt: skip
 
     def evaluate(self, prompts: list[Text]) -> dict[str, float]:
@@ -299,7 +418,8 @@ def train_ppo(
     """The PPO loop of the module docstring; returns the last step's metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(config.seed)
-    order = BatchOrder([len(str(p)) for p in prompts], config.batch_size, config.seed, config.group_by_length)
+    group = config.group_size  # rows g·G ... g·G + G - 1 of a global batch sample prompt g
+    order = BatchOrder([len(str(p)) for p in prompts], config.batch_size // group, config.seed, config.group_by_length)
     steps = total_steps(config, order)
     updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
     kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
@@ -326,9 +446,10 @@ def train_ppo(
         """Sample and score a global batch, then the PPO updates on it."""
         started = time.perf_counter()
         batch = order.global_batch(step - 1)
-        rollout, metrics = rollouts.make([prompts[batch[r]] for r in rows], rows, step)
-        metrics["kl/beta"] = kl.beta
-        kl.update(metrics["kl/penalty"], config.batch_size)
+        rollout, metrics = rollouts.make([prompts[batch[r // group]] for r in rows], rows, step)
+        if config.uses_reference:
+            metrics["kl/beta"] = kl.beta
+            kl.update(metrics["kl/penalty"], config.batch_size)
         rollout_seconds = time.perf_counter() - started
         metrics |= ppo_update(state, rollout, step)
         seconds = time.perf_counter() - started
@@ -346,11 +467,11 @@ def train_ppo(
     return run.loop(
         "ppo",
         train_step,
-        losses=["ppo/policy_loss", "value/loss"],
-        describe=lambda m: f"ppo score {m['reward/score']:.3f} kl {m['kl/k1']:.2f}",
+        losses=["ppo/policy_loss"] + (["value/loss"] if ESTIMATORS[config.algo].critic else []),
+        describe=lambda m: f"{config.algo} score {m['reward/score']:.3f} kl {m.get('kl/k1', 0.0):.2f}",
         # at step 0: the starting policy, so every run shows what training changed
         evaluate=(lambda: rollouts.evaluate(eval_prompts)) if eval_prompts else None,
-        report=lambda m: f"held-out score {m['eval/reward/score']:.3f} kl {m['eval/kl/k1']:.2f}",
+        report=lambda m: f"held-out score {m['eval/reward/score']:.3f} kl {m.get('eval/kl/k1', 0.0):.2f}",
         on_log=write_latest_samples,
     )
 
@@ -401,21 +522,22 @@ def ppo(config: PPOConfig) -> Path:
         accelerator.print(
             f"[data] {long} prompts longer than {limit} tokens (context - max_new_tokens) lose their start"
         )
+    critic = config.critic if ESTIMATORS[config.algo].critic else None  # critic-free: no value model at all
     model = build_actor_critic(
-        policy, config.model, tokenizer, config.critic, reward_model_source(config), config.sampling.temperature
+        policy, config.model, tokenizer, critic, reward_model_source(config), config.sampling.temperature
     )
     disable_dropout(model)  # log-probabilities must not depend on a dropout draw: ratio 1 before any update
     model.to(accelerator.device)
     reference = None
-    if not config.lora.enabled or config.ref_model is not None:
+    if config.uses_reference and (not config.lora.enabled or config.ref_model is not None):
         reference = load_model(config.ref_model or config.model, tokenizer).to(accelerator.device).eval()
         reference.requires_grad_(False)
     reward = CombinedReward(config.rewards, accelerator.device)
     ptx = load_ptx(config, tokenizer)
     terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
     accelerator.print(
-        f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step, "
-        f"critic {config.critic}, reward {terms}"
+        f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step "
+        f"({config.group_size} per prompt), critic {critic}, reference {config.uses_reference}, reward {terms}"
     )
     result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
     return finish_run(
