@@ -1,4 +1,5 @@
-"""`rlhfkit ppo` on a tiny model: the first step, the critics, LoRA, a rising reward, and exact resume."""
+"""`rlhfkit ppo` (and grpo, rloo) on a tiny model: the first step, the critics, LoRA, a rising reward, exact
+resume, and configurations refused before anything is written."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,8 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
 from rlhfkit import assets
+from rlhfkit.cli import main
+from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data.records import read_prompts
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.models.reward import RewardModel
@@ -16,7 +19,7 @@ from rlhfkit.ops import last_index
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import build_actor_critic, folded_reward_head
 from rlhfkit.ppo.rollout import collect_rollout, row_seeds
-from rlhfkit.ppo.train import PPOConfig, PPOState, ppo, ppo_losses, value_learning_rates
+from rlhfkit.ppo.train import GRPOConfig, PPOConfig, PPOState, RLOOConfig, ppo, ppo_losses, value_learning_rates
 from rlhfkit.scores import vader
 from rlhfkit.scoring.sources import CombinedReward, RewardSource
 from rlhfkit.training.run_loop import build_optimizer
@@ -82,12 +85,12 @@ def first_rollout(config: PPOConfig):
     tokenizer = load_tokenizer(config.model)
     policy = load_model(config.model, tokenizer, config.lora)
     model = build_actor_critic(
-        policy, config.model, tokenizer, config.critic, config.rewards[0].source, config.sampling.temperature
+        policy, config.model, tokenizer, config.value_model, config.rewards[0].source, config.sampling.temperature
     )
     reference = None if config.lora.enabled else load_model(config.model, tokenizer).eval()
     reward = CombinedReward(config.rewards, accelerator.device)
     rows = list(range(config.batch_size))
-    prompts = read_prompts(config.prompts)[: config.batch_size]
+    prompts = [read_prompts(config.prompts)[r // config.group_size] for r in rows]  # G consecutive rows a prompt
     kl = KLController(config.kl_coef)
     rollout, stats = collect_rollout(
         accelerator, model, reference, tokenizer, prompts, rows, row_seeds(0, 1, rows), reward, kl,
@@ -184,8 +187,21 @@ def test_a2c_and_ptx_and_adaptive_beta(tmp_path: Path, tiny_model_dir: Path):
     assert betas[0] == 0.05 and betas[-1] != betas[0]  # adaptive: β moved
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path, reward_dir: Path):
-    settings = {"max_steps": 4, "save_every": 2, "reward_norm": True, "kl_target": 1.0, "kl_horizon": 16}
+RESUMED = {
+    "ppo": ({"reward_norm": True, "kl_target": 1.0, "kl_horizon": 16}, ("kl/beta", "ppo/policy_loss", "value/loss")),
+    # G = 2 samples per prompt spread over the rows; KL as a loss term, sequence means, GSPO and clip-higher
+    "grpo": (
+        {"algo": "grpo", "group_size": 2, "kl_placement": "loss", "kl_target": 1.0, "kl_horizon": 16,
+         "loss_aggregation": "sequence_mean", "importance_ratio": "sequence", "cliprange_high": 0.28},
+        ("kl/beta", "ppo/policy_loss", "ppo/kl_loss"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", RESUMED)
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path, reward_dir: Path, algo: str):
+    extra, keys = RESUMED[algo]
+    settings = {"max_steps": 4, "save_every": 2, **extra}
     rewards = [{"source": str(reward_dir)}]
     full = ppo(small_config(tmp_path / "a", tiny_model_dir, rewards, **settings))
     out = ppo(small_config(tmp_path / "b", tiny_model_dir, rewards, **settings))
@@ -196,7 +212,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir:
     a, b = metrics(full), metrics(out)
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):
-        for key in ("reward/score", "kl/k1", "kl/beta", "ppo/policy_loss", "value/loss"):
+        for key in ("reward/score", "kl/k1", *keys):
             assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
     pa = AutoModelForCausalLM.from_pretrained(full).state_dict()
     pb = AutoModelForCausalLM.from_pretrained(out).state_dict()
@@ -205,6 +221,76 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model_dir:
         [json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()] for run in (full, out)
     ]
     assert samples[0] == samples[1] == [1, 1, 2, 2, 3, 3, 4, 4]  # the resumed steps' samples once each
+
+
+def test_grpo_raises_the_reward_model_score_without_a_critic(tmp_path: Path, sentiment_reward_dir: Path):
+    config = GRPOConfig.model_validate(
+        {
+            "model": "tiny-austen", "prompts": "demo-prompts", "rewards": [{"source": str(sentiment_reward_dir)}],
+            "output_dir": str(tmp_path), "batch_size": 32, "group_size": 4, "mini_batch_size": 16,
+            "micro_batch_size": 16, "max_steps": 8, "learning_rate": 1e-4, "kl_coef": 0.0, "sampling":
+            {"max_new_tokens": 12}, "eval_prompts": "demo-prompts", "eval_size": 64, "eval_every": 0,
+            "num_threads": 2, "log_samples": 0, "dynamic_sampling": True,
+        }
+    )  # fmt: skip
+    assert not config.uses_reference  # β = 0: no reference model is loaded
+    logged = metrics(ppo(config))
+    start, end = logged[0]["eval/reward/score"], logged[-1]["eval/reward/score"]  # the same 64 held-out prompts
+    assert end > start + 0.3, (start, end)
+    assert all("value/loss" not in m and "kl/k1" not in m for m in logged)  # no critic, no reference
+    assert all(m["groups/dropped"] == 0 for m in logged[1:])  # a continuous reward: no group is all equal
+
+
+def test_critic_free_rollout_has_group_advantages_and_no_value_head(tmp_path: Path, tiny_model_dir: Path):
+    config = small_config(tmp_path, tiny_model_dir, [{"source": "length"}], algo="rloo", group_size=4)
+    state, rollout, stats = first_rollout(config)
+    assert state.model.value_head is None and state.model.critic is None
+    assert {id(p) for p in state.model.parameters()} == {id(p) for p in state.model.policy.parameters()}
+    lengths = rollout.scores.view(2, 4)  # the length reward: words per response
+    sequence = rollout.advantages.sum(1) / rollout.mask.sum(1)  # the same advantage on every token of a row
+    expected = lengths - (lengths.sum(1, keepdim=True) - lengths) / 3  # leave-one-out, hand-written
+    assert torch.allclose(sequence.view(2, 4), expected, atol=1e-5)
+    assert "ppo/explained_variance" not in stats and 0 <= stats["groups/all_equal"] <= 1
+    _, per_token = ppo_losses(state, rollout, [0, 1, 2])
+    assert "value/loss" not in per_token
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["algo=grpo", "group_size=1"], "group_size"),
+        (["algo=rloo", "group_size=4", "batch_size=6", "mini_batch_size=2"], "group_size 4"),
+        (["algo=grpo", "group_size=4", "critic=shared"], "critic"),
+        (["algo=reinforce_pp", "vf_coef=0.5"], "vf_coef"),
+        (["dynamic_sampling=true"], "dynamic_sampling"),
+        (["load_reference=false"], "load_reference"),
+    ],
+)
+def test_bad_combinations_are_config_errors(overrides: list[str], field: str):
+    with pytest.raises(ConfigError, match=field):
+        load_config(PPOConfig, None, overrides)
+
+
+def test_cli_refuses_a_bad_grpo_config_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grpo", "--set", "group_size=1", "--set", f"output_dir={out}"])
+    assert exit_info.value.code == 2
+    assert "group_size 1: algo grpo compares G ≥ 2 samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_grpo_and_rloo_commands_are_presets_of_the_ppo_stage():
+    grpo, rloo = load_config(GRPOConfig), load_config(RLOOConfig)
+    assert (grpo.algo, grpo.group_size, grpo.kl_placement, grpo.loss_aggregation) == (
+        "grpo",
+        4,
+        "loss",
+        "sequence_mean",
+    )
+    assert (rloo.algo, rloo.group_size, rloo.kl_placement) == ("rloo", 4, "reward")
+    plain = load_config(PPOConfig)  # unchanged: one sample per prompt, GAE, a critic, KL in the reward
+    assert (plain.algo, plain.group_size, plain.kl_placement, plain.uses_reference) == ("ppo", 1, "reward", True)
 
 
 def test_a_prompt_longer_than_the_context_loses_its_start(

@@ -231,7 +231,9 @@ def test_rloo_baseline_leaves_each_sample_out():
     rewards = torch.tensor([1.0, 2.0, 6.0, 5.0, 5.0, 5.0])  # G = 3
     # 1 - (2 + 6)/2 = -3; 2 - (1 + 6)/2 = -1.5; 6 - (1 + 2)/2 = 4.5; a group of equal rewards: 0
     assert close(rloo(rewards, 3), [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0])
-    assert close(rloo(rewards, 3), (3 / 2 * (rewards.view(2, 3) - rewards.view(2, 3).mean(1, keepdim=True))).flatten())
+    assert close(
+        rloo(rewards, 3), (3 / 2 * (rewards.view(2, 3) - rewards.view(2, 3).mean(1, keepdim=True))).flatten().tolist()
+    )
 
 
 def test_reinforce_pp_normalises_returns_over_the_global_batch():

@@ -183,6 +183,11 @@ class PPOConfig(TrainSettings):
         return 1 if self.algo == "a2c" else self.ppo_epochs
 
     @property
+    def value_model(self) -> CriticKind | None:
+        """The critic to build: `critic`, or None for a critic-free algo (no value model at all)."""
+        return self.critic if ESTIMATORS[self.algo].critic else None
+
+    @property
     def uses_reference(self) -> bool:
         """Whether a reference model is loaded (`load_reference`)."""
         if self.load_reference is not None:
@@ -522,9 +527,8 @@ def ppo(config: PPOConfig) -> Path:
         accelerator.print(
             f"[data] {long} prompts longer than {limit} tokens (context - max_new_tokens) lose their start"
         )
-    critic = config.critic if ESTIMATORS[config.algo].critic else None  # critic-free: no value model at all
     model = build_actor_critic(
-        policy, config.model, tokenizer, critic, reward_model_source(config), config.sampling.temperature
+        policy, config.model, tokenizer, config.value_model, reward_model_source(config), config.sampling.temperature
     )
     disable_dropout(model)  # log-probabilities must not depend on a dropout draw: ratio 1 before any update
     model.to(accelerator.device)
@@ -537,7 +541,8 @@ def ppo(config: PPOConfig) -> Path:
     terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
     accelerator.print(
         f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step "
-        f"({config.group_size} per prompt), critic {critic}, reference {config.uses_reference}, reward {terms}"
+        f"({config.group_size} per prompt), critic {config.value_model}, "
+        f"reference {config.uses_reference}, reward {terms}"
     )
     result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
     return finish_run(
