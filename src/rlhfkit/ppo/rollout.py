@@ -31,7 +31,8 @@ from rlhfkit.ppo.advantages import (
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import ActorCritic
 from rlhfkit.scores import GoldFunction, distinct_n
-from rlhfkit.scoring.sources import CombinedReward
+from rlhfkit.scoring.sources import Answers, CombinedReward
+from rlhfkit.scoring.verifiable import answer_format
 from rlhfkit.training.batching import PaddedBatch, TokenSequence, chunks, pad_batch
 from rlhfkit.training.metrics import StepMetrics
 
@@ -223,13 +224,15 @@ def collect_rollout(
     micro: int,
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
+    answers: Answers | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample → score → KL → advantages for this process's prompts; the rollout and global-batch metrics.
 
     With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated.
+    `answers` are the prompts' reference answers, for the reward's checkers.
     """
     responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro)
-    raw_scores, terms = reward(prompts, responses.texts)
+    raw_scores, terms = reward(prompts, responses.texts, answers)
     raw_scores = raw_scores.cpu().float()
     scores = shaped_scores(accelerator, raw_scores, responses.ended, moments, shaping, update_statistics)
     kl_tokens = kl_penalty(responses, shaping.kl_estimator)
@@ -241,6 +244,8 @@ def collect_rollout(
         "kl/penalty": kl_tokens.sum(1),
         **{f"reward/{name}": term.cpu().float() for name, term in terms.items()},
     }
+    if reward.checkers:
+        per_sequence |= answer_metrics(terms[reward.checkers[0]], responses.texts)
     if gold is not None:
         per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
     rollout = Rollout(
@@ -248,6 +253,15 @@ def collect_rollout(
         list(prompts), responses.texts, raw_scores,
     )  # fmt: skip
     return rollout, rollout_metrics(accelerator, responses, per_sequence, returns)
+
+
+def answer_metrics(checked: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Per reply: the first checker's score (1 right, 0 wrong: its mean is the accuracy) and whether the
+    reply ends in the stated `Answer: N` form (`scoring.verifiable`)."""
+    return {
+        "answer/accuracy": checked.cpu().float(),
+        "answer/format": torch.tensor([answer_format(None, text) for text in texts]),
+    }
 
 
 def update_moments(accelerator: Accelerator, moments: RunningMoments, scores: torch.Tensor) -> None:
