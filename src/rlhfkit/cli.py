@@ -30,6 +30,7 @@ from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
 from rlhfkit.reward.train import RewardConfig, reward
 from rlhfkit.rlaif import AgreementConfig, AILabelConfig, ReviseConfig, agreement, label_ai, revise
+from rlhfkit.scoring.arithmetic import write_task
 from rlhfkit.sft.train import SFTConfig, sft
 
 app = typer.Typer(
@@ -204,6 +205,22 @@ def _report(
         print(report(config))
 
     exit_on_user_error(run)
+
+
+task_app = typer.Typer(help="Write a packaged task's prompt records (with reference answers).", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+
+@task_app.command("arithmetic", help="Arithmetic word problems with exact answers: train.jsonl and heldout.jsonl.")
+def _task_arithmetic(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write train.jsonl and heldout.jsonl into")],
+    train: Annotated[int, typer.Option(min=1, help="training problems")] = 1000,
+    heldout: Annotated[int, typer.Option(min=1, help="held-out problems (never in the training split)")] = 200,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    steps: Annotated[int, typer.Option(min=1, max=2, help="operations per problem (2: harder)")] = 1,
+) -> None:
+    for path in write_task(out_dir, train, heldout, seed, steps):
+        print(path)
 
 
 app.add_typer(feedback_cli.app)  # serve, export and the `feedback` group

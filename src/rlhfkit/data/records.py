@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, cast, get_args, overload
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -106,10 +109,18 @@ class Record(_Model):
 
 
 class PromptRecord(Record):
-    """A prompt to sample replies for (other columns, such as an existing completion, are ignored)."""
+    """A prompt to sample replies for, with the reference `answer` a checker compares replies to, if any
+    (TRL's and GSM8K's `solution` is read as `answer`; other columns, such as a completion, are ignored)."""
 
     _text_fields = ("prompt",)
     prompt: Text
+    answer: str | None = Field(None, validation_alias=AliasChoices("answer", "solution"))
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _number_as_text(cls, answer: Any) -> Any:
+        """A numeric answer (`"answer": 42` in JSON) is kept as its text, as checkers compare text."""
+        return str(answer) if isinstance(answer, int | float) and not isinstance(answer, bool) else answer
 
 
 class SFTRecord(Record):
@@ -310,9 +321,24 @@ def _preview(value: Any) -> str:
     return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 3] + "..."
 
 
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts of a file, their reference answers (None where a row has none) and each row's location."""
+
+    prompts: list[Text]
+    answers: list[str | None]
+    locations: list[str]
+
+
+def read_prompt_set(path: str, limit: int | None = None) -> PromptSet:
+    """The first `limit` prompt records of a file (or packaged asset), with answers and locations."""
+    rows = list(islice(read_rows(assets.resolve(path)), limit))
+    if not rows:
+        raise DataError(f"{path}: no prompts")
+    records = [cast(PromptRecord, _validate(PromptRecord, row.data, row.location)) for row in rows]
+    return PromptSet([r.prompt for r in records], [r.answer for r in records], [row.location for row in rows])
+
+
 def read_prompts(path: str, limit: int | None = None) -> list[Text]:
     """The prompts of a prompt-records file (or packaged asset), the first `limit` of them; none is an error."""
-    records = load_records(assets.resolve(path), "prompt")
-    if not records:
-        raise DataError(f"{path}: no prompts")
-    return [r.prompt for r in records][:limit]
+    return read_prompt_set(path, limit).prompts

@@ -37,7 +37,8 @@ from rlhfkit.ppo.advantages import (
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import ActorCritic
 from rlhfkit.scores import GoldFunction, distinct_n
-from rlhfkit.scoring.sources import CombinedReward
+from rlhfkit.scoring.sources import Answers, CombinedReward
+from rlhfkit.scoring.verifiable import answer_format
 from rlhfkit.training.batching import PaddedBatch, TokenSequence, chunks, pad_batch
 from rlhfkit.training.metrics import StepMetrics
 
@@ -296,15 +297,17 @@ def collect_rollout(
     micro: int,
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
+    answers: Answers | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample → score → KL → advantages for this process's prompts (global `rows` of the batch); the rollout
     and global-batch metrics.
 
     With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated, and
-    no advantages are computed (nothing trains on the rollout).
+    no advantages are computed (nothing trains on the rollout). `answers` are the prompts' reference answers,
+    for the reward's checkers.
     """
     responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro, shaping.reference_free)
-    raw_scores, terms = reward(prompts, responses.texts)
+    raw_scores, terms = reward(prompts, responses.texts, answers)
     raw_scores = raw_scores.cpu().float()
     lengths = responses.mask.sum(1)
     scores = shaped_scores(accelerator, raw_scores, responses.ended, lengths, moments, shaping, update_statistics)
@@ -322,6 +325,8 @@ def collect_rollout(
         "kl/penalty": kl_tokens.sum(1),
         **{f"reward/{name}": term.cpu().float() for name, term in terms.items()},
     }
+    if reward.checkers:
+        per_sequence |= answer_metrics(terms[reward.checkers[0]], responses.texts)
     if gold is not None:
         per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
     rollout = Rollout(
@@ -334,6 +339,15 @@ def collect_rollout(
     if shaping.reference_free:  # no reference: no KL to report
         metrics = {key: value for key, value in metrics.items() if not key.startswith("kl/")}
     return rollout, metrics
+
+
+def answer_metrics(checked: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Per reply: the first checker's score (1 right, 0 wrong: its mean is the accuracy) and whether the
+    reply ends in the stated `Answer: N` form (`scoring.verifiable`)."""
+    return {
+        "answer/accuracy": checked.cpu().float(),
+        "answer/format": torch.tensor([answer_format(None, text) for text in texts]),
+    }
 
 
 def update_moments(accelerator: Accelerator, moments: RunningMoments, scores: torch.Tensor) -> None:

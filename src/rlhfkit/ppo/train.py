@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit import assets
 from rlhfkit.config import ConfigError
 from rlhfkit.data.corpus import blocks, read_paragraphs
-from rlhfkit.data.records import Text, load_records, read_prompts
+from rlhfkit.data.records import PromptSet, Text, load_records, read_prompt_set
 from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
@@ -61,7 +61,7 @@ from rlhfkit.ppo.rollout import (
     row_seeds,
 )
 from rlhfkit.scores import GoldFunction, gold_function
-from rlhfkit.scoring.sources import CombinedReward, RewardSource
+from rlhfkit.scoring.sources import CombinedReward, RewardSource, ScoringError
 from rlhfkit.training.batching import BatchOrder, TokenSequence, chunks, shard
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.metrics import StepMetrics
@@ -386,19 +386,26 @@ class RolloutMaker:
     gold: GoldFunction | None
 
     def make(
-        self, prompts: list[Text], rows: list[int], step: int, update_statistics: bool = True
+        self, prompt_set: PromptSet, picked: list[int], rows: list[int], step: int, update_statistics: bool = True
     ) -> tuple[Rollout, dict[str, float]]:
+        """The rollout of prompts `picked` (indices into `prompt_set`) as global batch rows `rows`; a reward
+        function's exception names the prompt file's row."""
         config = self.config
-        return collect_rollout(
-            self.accelerator, self.model, self.reference, self.tokenizer, prompts, rows,
-            row_seeds(config.seed, step, rows), self.reward, self.kl, self.moments, config.shaping, config.sampling,
-            config.micro_batch_size, self.gold, update_statistics,
-        )  # fmt: skip
+        prompts, answers = [prompt_set.prompts[i] for i in picked], [prompt_set.answers[i] for i in picked]
+        try:
+            return collect_rollout(
+                self.accelerator, self.model, self.reference, self.tokenizer, prompts, rows,
+                row_seeds(config.seed, step, rows), self.reward, self.kl, self.moments, config.shaping,
+                config.sampling, config.micro_batch_size, self.gold, update_statistics, answers,
+            )  # fmt: skip
+        except ScoringError as error:
+            raise error.at([prompt_set.locations[i] for i in picked]) from error.__cause__
 
-    def evaluate(self, prompts: list[Text]) -> dict[str, float]:
+    def evaluate(self, prompt_set: PromptSet) -> dict[str, float]:
         """Rollout metrics on held-out prompts, with the same sampling noise at every evaluation; nothing trains."""
-        rows = shard(list(range(len(prompts))), self.accelerator.process_index, self.accelerator.num_processes)
-        _, metrics = self.make([prompts[i] for i in rows], rows, step=-1, update_statistics=False)
+        accelerator = self.accelerator
+        rows = shard(list(range(len(prompt_set.prompts))), accelerator.process_index, accelerator.num_processes)
+        _, metrics = self.make(prompt_set, rows, rows, step=-1, update_statistics=False)
         return {f"eval/{key}": value for key, value in metrics.items() if not key.startswith(("ppo/", "value/"))}
 
 
@@ -415,8 +422,8 @@ def train_ppo(
     model: ActorCritic,
     reference: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[Text],
-    eval_prompts: list[Text],
+    prompts: PromptSet,
+    eval_prompts: PromptSet | None,
     reward: CombinedReward,
     ptx: list[TokenSequence],
 ) -> TrainResult:
@@ -424,7 +431,9 @@ def train_ppo(
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(config.seed)
     group = config.group_size  # rows g·G ... g·G + G - 1 of a global batch sample prompt g
-    order = BatchOrder([len(str(p)) for p in prompts], config.batch_size // group, config.seed, config.group_by_length)
+    order = BatchOrder(
+        [len(str(p)) for p in prompts.prompts], config.batch_size // group, config.seed, config.group_by_length
+    )
     steps = total_steps(config, order)
     updates = steps * config.epochs_per_batch * (config.batch_size // config.mini_batch_size)
     kl, moments = KLController(config.kl_coef, config.kl_target, config.kl_horizon), RunningMoments()
@@ -451,7 +460,7 @@ def train_ppo(
         """Sample and score a global batch, then the PPO updates on it."""
         started = time.perf_counter()
         batch = order.global_batch(step - 1)
-        rollout, metrics = rollouts.make([prompts[batch[r // group]] for r in rows], rows, step)
+        rollout, metrics = rollouts.make(prompts, [batch[r // group] for r in rows], rows, step)
         if config.uses_reference:
             metrics["kl/beta"] = kl.beta
             kl.update(metrics["kl/penalty"], config.batch_size)
@@ -518,12 +527,13 @@ def ppo(config: PPOConfig) -> Path:
         raise ConfigError("rewards: no reward given; e.g. --set 'rewards=[{source: runs/reward}]' or source: vader")
     accelerator = start_run(config, config)
     tokenizer = load_tokenizer(config.model)
-    prompts = read_prompts(config.prompts)
-    eval_prompts = read_prompts(config.eval_prompts, config.eval_size) if config.eval_prompts else []
+    prompts = read_prompt_set(config.prompts)
+    eval_prompts = read_prompt_set(config.eval_prompts, config.eval_size) if config.eval_prompts else None
     set_seed(config.seed)  # a pad token added to the vocabulary gets a seeded embedding
     policy = load_model(config.model, tokenizer, config.lora)
     limit = prompt_limit(policy, config.sampling.max_new_tokens)
-    if long := count_long_prompts(tokenizer, prompts + eval_prompts, limit):
+    every_prompt = prompts.prompts + (eval_prompts.prompts if eval_prompts else [])
+    if long := count_long_prompts(tokenizer, every_prompt, limit):
         accelerator.print(
             f"[data] {long} prompts longer than {limit} tokens (context - max_new_tokens) lose their start"
         )
@@ -537,10 +547,12 @@ def ppo(config: PPOConfig) -> Path:
         reference = load_model(config.ref_model or config.model, tokenizer).to(accelerator.device).eval()
         reference.requires_grad_(False)
     reward = CombinedReward(config.rewards, accelerator.device)
+    for prompt_set in (prompts, eval_prompts) if eval_prompts else (prompts,):
+        reward.check_answers(prompt_set.answers, prompt_set.locations)  # before training starts
     ptx = load_ptx(config, tokenizer)
     terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
     accelerator.print(
-        f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step "
+        f"{config.algo} on {config.model}: {len(prompts.prompts)} prompts, {config.batch_size} episodes per step "
         f"({config.group_size} per prompt), critic {config.value_model}, "
         f"reference {config.uses_reference}, reward {terms}"
     )
