@@ -166,7 +166,7 @@ def test_ppo_with_a_checker_raises_accuracy(tmp_path: Path):
     config = PPOConfig.model_validate(
         {
             "model": "tiny-austen", "prompts": train, "eval_prompts": heldout, "eval_size": 64,
-            "rewards": [{"source": "contains"}], "output_dir": str(tmp_path / "out"),
+            "rewards": [{"source": "contains"}], "output_dir": str(tmp_path / "out"), "log_every": 1,
             "batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16, "ppo_epochs": 2, "max_steps": 8,
             "learning_rate": 3e-4, "critic": "shared", "sampling": {"max_new_tokens": 12}, "num_threads": 2,
         }
