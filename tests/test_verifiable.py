@@ -190,8 +190,9 @@ def fails_on_the_second_batch(prompt: object, completion: str, answer: str) -> f
 
 def tiny_ppo_config(tmp_path: Path, model_dir: Path, prompts: str, source: str, **extra: object) -> PPOConfig:
     settings = {
-        "model": str(model_dir), "prompts": prompts, "rewards": [{"source": source}], "output_dir": str(tmp_path / "out"),
-        "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8, "ppo_epochs": 1, "max_steps": 3,
+        "model": str(model_dir), "prompts": prompts, "rewards": [{"source": source}],
+        "output_dir": str(tmp_path / "out"), "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8,
+        "ppo_epochs": 1, "max_steps": 3,
         "sampling": {"max_new_tokens": 4}, "eval_every": 0, "num_threads": 1,
     }  # fmt: skip
     return PPOConfig.model_validate(settings | extra)
