@@ -166,7 +166,7 @@ def test_ppo_with_a_checker_raises_accuracy(tmp_path: Path):
     config = PPOConfig.model_validate(
         {
             "model": "tiny-austen", "prompts": train, "eval_prompts": heldout, "eval_size": 64,
-            "rewards": [{"source": "contains"}], "output_dir": str(tmp_path / "out"),
+            "rewards": [{"source": "contains"}], "output_dir": str(tmp_path / "out"), "log_every": 1,
             "batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16, "ppo_epochs": 2, "max_steps": 8,
             "learning_rate": 3e-4, "critic": "shared", "sampling": {"max_new_tokens": 12}, "num_threads": 2,
         }
@@ -190,8 +190,9 @@ def fails_on_the_second_batch(prompt: object, completion: str, answer: str) -> f
 
 def tiny_ppo_config(tmp_path: Path, model_dir: Path, prompts: str, source: str, **extra: object) -> PPOConfig:
     settings = {
-        "model": str(model_dir), "prompts": prompts, "rewards": [{"source": source}], "output_dir": str(tmp_path / "out"),
-        "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8, "ppo_epochs": 1, "max_steps": 3,
+        "model": str(model_dir), "prompts": prompts, "rewards": [{"source": source}],
+        "output_dir": str(tmp_path / "out"), "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8,
+        "ppo_epochs": 1, "max_steps": 3,
         "sampling": {"max_new_tokens": 4}, "eval_every": 0, "num_threads": 1,
     }  # fmt: skip
     return PPOConfig.model_validate(settings | extra)
