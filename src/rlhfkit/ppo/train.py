@@ -494,7 +494,7 @@ def value_learning_rates(model: ActorCritic, config: PPOConfig) -> dict[torch.nn
     """The critic's own learning rate, if set: a new value head needs larger steps than a pretrained policy."""
     if config.value_learning_rate is None:
         return {}
-    critic = torch.nn.ModuleList([model.value_head] + ([model.critic] if model.critic is not None else []))
+    critic = torch.nn.ModuleList([m for m in (model.value_head, model.critic) if m is not None])
     return {critic: config.value_learning_rate}
 
 
