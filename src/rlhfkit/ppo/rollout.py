@@ -346,7 +346,7 @@ def answer_metrics(checked: torch.Tensor, texts: list[str]) -> dict[str, torch.T
     reply ends in the stated `Answer: N` form (`scoring.verifiable`)."""
     return {
         "answer/accuracy": checked.cpu().float(),
-        "answer/format": torch.tensor([answer_format(None, text) for text in texts]),
+        "answer/format": torch.tensor([answer_format("", text) for text in texts]),
     }
 
 

@@ -21,6 +21,7 @@ digits (an overlong answer: Python refuses to parse integers past 4300 digits).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from rlhfkit.data.records import Text
@@ -82,4 +83,4 @@ def contains(prompt: Text, completion: str, answer: str) -> float:
     return float(re.search(rf"\b{re.escape(answer.strip())}\b", completion, re.IGNORECASE) is not None)
 
 
-CHECKS = {"correct": correct, "format": answer_format, "contains": contains}
+CHECKS: dict[str, Callable[..., float]] = {"correct": correct, "format": answer_format, "contains": contains}
