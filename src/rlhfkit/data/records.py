@@ -243,8 +243,10 @@ class PreferenceRecord(Record):
         if isinstance(chosen, str) and isinstance(rejected, str):
             cut = shared_text_prompt(chosen, rejected)
             if cut == 0 or chosen == rejected:
-                shared = "all their text" if chosen == rejected else "no text up to a whitespace"
-                raise _implicit_prompt_problem("text (the prompt, up to a whitespace)", shared)
+                raise _implicit_prompt_problem(
+                    "text (the prompt, up to a whitespace)",
+                    "all their text" if chosen == rejected else "no text up to a whitespace",
+                )
             return {**data, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             return data  # reported as a missing 'prompt' (or a bad 'chosen'/'rejected')
