@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from accelerate.state import PartialState
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker, on_main_process
 from rich.console import Console
 
@@ -73,6 +74,7 @@ class LocalMLflowTracker(MLflowTracker):
 def experiment_trackers(report_to: Sequence[str], output_dir: Path, resume_after: int) -> list[GeneralTracker]:
     """The started trackers of `report_to` for the run in `output_dir`; a run resumed after step N drops the
     TensorBoard events after N (written again), as metrics.jsonl does."""
+    PartialState()  # accelerate's trackers log through its logger, which needs its process state (control has none)
     trackers: list[GeneralTracker] = []
     for name in report_to:
         if name == "tensorboard" and not installed(name):
