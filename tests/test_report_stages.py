@@ -84,7 +84,7 @@ def test_the_report_opened_in_chromium_shows_every_stage_and_its_loss_plot(quick
             assert measure in cells
         assert "implicit-reward accuracy" in cells and "implicit-reward margin" in cells
         ends = [cells[i + 2] for i, cell in enumerate(cells) if cell in ("held-out loss", "implicit-reward margin")]
-        assert len(ends) == 2 and all(end.endswith("(step 2)") and math.isfinite(float(end.split()[0])) for end in ends)
+        assert len(ends) == 3 and all(end.endswith("(step 2)") and math.isfinite(float(end.split()[0])) for end in ends)
         figures = page.locator("#losses img")
         assert figures.count() == 3
         widths = figures.evaluate_all(

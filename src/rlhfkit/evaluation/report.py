@@ -454,10 +454,16 @@ STAGE_LOSSES = {"ppo": "ppo/policy_loss", "dpo": "dpo/loss", "reward": "rm/loss"
 def stage_of(run: Run) -> str | None:
     """sft, pretrain, reward, dpo or ppo: the stage whose loss the run logs; None for an evaluation."""
     stage = next((name for name, key in STAGE_LOSSES.items() if run.has(key)), None)
-    config = run.path / "config.yaml"
-    if stage == "sft" and config.exists() and "corpus" in (yaml.safe_load(config.read_text()) or {}):
-        return "pretrain"
-    return stage
+    return "pretrain" if stage == "sft" and "corpus" in saved_config(run.path) else stage
+
+
+def saved_config(path: Path) -> dict[str, Any]:
+    """The run's config.yaml; {} when it has none or it is unreadable (it only names the stage here)."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def measures(run: Run, stage: str | None) -> dict[str, str]:
