@@ -145,9 +145,9 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # Anthropic HH-RLHF transcrip
 _TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 
 
-def is_transcript(text: Any) -> bool:
+def is_transcript(text: str) -> bool:
     """Whether `text` is an HH-RLHF transcript: it starts with a Human turn (its leading blank line optional)."""
-    return isinstance(text, str) and ("\n\n" + text.removeprefix("\n\n")).startswith(HUMAN)
+    return ("\n\n" + text.removeprefix("\n\n")).startswith(HUMAN)
 
 
 def parse_transcript(text: str) -> list[dict[str, str]]:
@@ -234,13 +234,13 @@ class PreferenceRecord(Record):
         if not isinstance(data, Mapping) or "prompt" in data:
             return data
         chosen, rejected = data.get("chosen"), data.get("rejected")
-        if is_transcript(chosen) or is_transcript(rejected):
-            try:
-                prompt, chosen, rejected = transcript_pair(str(chosen), str(rejected))
-            except ValueError as error:
-                raise PydanticCustomError("transcript", str(error)) from None
-            return {**data, "prompt": prompt, "chosen": chosen, "rejected": rejected}
         if isinstance(chosen, str) and isinstance(rejected, str):
+            if is_transcript(chosen) or is_transcript(rejected):
+                try:
+                    prompt, chosen, rejected = transcript_pair(chosen, rejected)
+                except ValueError as error:
+                    raise PydanticCustomError("transcript", str(error)) from None
+                return {**data, "prompt": prompt, "chosen": chosen, "rejected": rejected}
             cut = shared_text_prompt(chosen, rejected)
             if cut == 0 or chosen == rejected:
                 raise _implicit_prompt_problem(
