@@ -22,6 +22,7 @@ from rlhfkit.data import (
     RankingRecord,
     RatingRecord,
     SFTRecord,
+    UnpairedRecord,
     edit_to_pair,
     load_records,
     ranking_to_pairs,
@@ -30,6 +31,8 @@ from rlhfkit.data import (
     to_preferences,
     validate_record,
 )
+from rlhfkit.data.records import load_feedback
+from rlhfkit.dpo.data import KINDS as DPO_KINDS
 
 Rows = list[dict[str, Any]]
 
@@ -260,7 +263,7 @@ def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data", EXAMPLES["sft"])
     assert error_of(lambda: load_records(path, "dpo")) == (
         "unknown record kind 'dpo'; expected one of: "
-        "prompt, sft, preference, ranking, rating, unpaired, edit, candidates"
+        "prompt, sft, preference, ranking, rating, unpaired, edit, candidates, scored, stepwise"
     )
 
 
@@ -392,9 +395,121 @@ def test_implicit_prompt_needs_a_prefix_and_a_difference(chosen: list[Any], reje
     assert message.startswith("x: without 'prompt', 'chosen' and 'rejected' must start with the same messages")
 
 
-def test_plain_text_preference_needs_a_prompt() -> None:
-    assert error_of(lambda: validate_record({"chosen": "a", "rejected": "b"}, "preference", "x")) == (
-        "x: field 'prompt': Field required"
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "prompt", "replies"),
+    [
+        ("Q: sky? A: blue", "Q: sky? A: black", "Q: sky? A:", (" blue", " black")),  # split inside "bl"
+        ("Once upon a time there was", "Once upon a time", "Once upon a", (" time there was", " time")),
+        ("Hi.\nYes, ma'am", "Hi.\nNo", "Hi.", ("\nYes, ma'am", "\nNo")),
+    ],
+)
+def test_implicit_text_prompt_ends_at_the_last_whitespace_of_the_shared_prefix(
+    chosen: str, rejected: str, prompt: str, replies: tuple[str, str]
+) -> None:
+    record = validate_record({"chosen": chosen, "rejected": rejected}, "preference", "x")
+    assert (record.prompt, record.chosen, record.rejected) == (prompt, *replies)
+
+
+@pytest.mark.parametrize(("chosen", "rejected", "shared"), [("a", "b", "no text"), ("same text", "same text", "all")])
+def test_implicit_text_prompt_needs_a_whitespace_ended_prefix_and_a_difference(chosen, rejected, shared) -> None:
+    message = error_of(lambda: validate_record({"chosen": chosen, "rejected": rejected}, "preference", "x"))
+    assert message.startswith("x: without 'prompt', 'chosen' and 'rejected' must start with the same text")
+    assert f"they share {shared}" in message
+
+
+HH_CHOSEN = "\n\nHuman: Hello?\n\nAssistant: Good day.\n\nHuman: Any news?\n\nAssistant: A ball at Netherfield."
+HH_REJECTED = "\n\nHuman: Hello?\n\nAssistant: Good day.\n\nHuman: Any news?\n\nAssistant: None at all."
+
+
+def test_hh_rlhf_transcripts_become_chat_the_shared_conversation_is_the_prompt() -> None:
+    record = validate_record({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, "preference", "x")
+    assert record == PreferenceRecord(
+        prompt=[user("Hello?"), assistant("Good day."), user("Any news?")],
+        chosen=[assistant("A ball at Netherfield.")],
+        rejected=[assistant("None at all.")],
+    )
+    stripped = validate_record({"chosen": HH_CHOSEN[2:], "rejected": HH_REJECTED[2:]}, "preference", "x")
+    assert stripped == record  # copies that lost the leading blank line read the same
+
+
+@pytest.mark.parametrize(
+    ("rejected", "reason"),
+    [
+        (
+            "\n\nHuman: Hello?",
+            "field 'rejected': not an HH-RLHF transcript: a transcript ends with an 'Assistant:' turn",
+        ),
+        ("Hello?\n\nAssistant: Hi", "field 'rejected': not an HH-RLHF transcript: a transcript starts with a 'Human:'"),
+        (
+            "\n\nHuman: Goodbye?\n\nAssistant: Good day.\n\nHuman: Any news?\n\nAssistant: None.",
+            "fields 'chosen' and 'rejected': the two transcripts differ before their final Assistant turn",
+        ),
+    ],
+)
+def test_malformed_transcript_names_the_row_field_and_reason(tmp_path: Path, rejected: str, reason: str) -> None:
+    path = write_jsonl(
+        tmp_path / "hh.jsonl",
+        [{"chosen": HH_CHOSEN, "rejected": HH_CHOSEN}, {"chosen": HH_CHOSEN, "rejected": rejected}],
+    )
+    assert error_of(lambda: load_feedback(path, None, DPO_KINDS)).startswith(f"{path}:2: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("row", "kind"),
+    [
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "preference"),
+        ({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, "preference"),
+        ({"prompt": "q", "completion": "a", "label": True}, "unpaired"),
+        ({"prompt": "q", "responses": ["a", "b"], "ranks": [2, 1]}, "ranking"),
+        ({"prompt": "q", "response": "a", "score": 3}, "rating"),
+        ({"prompt": "q", "original": "a", "edited": "b"}, "edit"),
+        (
+            {
+                "instruction": "q",
+                "completions": [{"response": "a", "overall_score": 2}, {"response": "b", "overall_score": 5}],
+            },
+            "scored",
+        ),
+        ({"prompt": "q", "completions": ["step 1", "step 2"], "labels": [True, False]}, "stepwise"),
+    ],
+)
+def test_kind_is_inferred_from_the_fields(tmp_path: Path, row: dict[str, Any], kind: str) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [{**row, "source": "extra columns are ignored"}])
+    assert load_feedback(path, None, DPO_KINDS)[0] == kind
+
+
+def test_kind_that_cannot_be_inferred_or_used_is_an_error_naming_the_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "q", "text": "a"}])
+    assert error_of(lambda: load_feedback(path, None, DPO_KINDS)).startswith(
+        f"{path}:1: a row with 'prompt', 'text' fits none of the shapes read here (preference: chosen+rejected;"
+    )
+    assert error_of(lambda: load_feedback(path, "sft", DPO_KINDS)).startswith(
+        f"{path}: sft records cannot be used here"
+    )
+
+
+def test_scored_records_rank_by_score_and_give_all_pairs() -> None:
+    row = {"prompt": "q", "completions": [{"response": r, "score": s} for r, s in (("a", 7.5), ("b", 9), ("c", 7.5))]}
+    record = validate_record(row, "scored", "x")
+    assert record.ranking() == RankingRecord(prompt="q", responses=["a", "b", "c"], ranks=[2, 1, 2])
+    assert [(p.chosen, p.rejected) for p in to_preferences([record], "scored")] == [("b", "a"), ("b", "c")]
+    assert "x: field 'completions[1].score': Field required" in error_of(
+        lambda: validate_record(
+            {"prompt": "q", "completions": [{"response": "a", "score": 1}, {"response": "b"}]}, "scored", "x"
+        )
+    )
+
+
+def test_stepwise_records_are_judged_by_their_outcome_and_unpaired_ones_pair_by_prompt() -> None:
+    good = validate_record({"prompt": "q", "completions": ["x = 1", "so 2"], "labels": [True, True]}, "stepwise", "x")
+    bad = validate_record({"prompt": "q", "completions": ["x = 2", "so 3"], "labels": [True, False]}, "stepwise", "x")
+    assert good.outcome() == UnpairedRecord(prompt="q", completion="\nx = 1\nso 2", label=True)
+    assert bad.outcome().label is False
+    assert [(p.chosen, p.rejected) for p in to_preferences([bad, good], "stepwise")] == [
+        ("\nx = 1\nso 2", "\nx = 2\nso 3")
+    ]
+    assert "x: field 'labels': 1 labels for 2 steps" in error_of(
+        lambda: validate_record({"prompt": "q", "completions": ["a", "b"], "labels": [True]}, "stepwise", "x")
     )
 
 

@@ -131,9 +131,9 @@ def test_report_has_every_plot_and_escapes_model_output(runs: Path, capsys):
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
     # reward/KL per step for 3 runs (two PPO, the reward model's has no such metric: none), frontier,
-    # leaderboard, calibration
+    # leaderboard, calibration, and the losses of the one run that logs a stage's loss (the reward model's)
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
-    assert len(images) == 2 + 1 + 1 + 1 == page.count("<img")
+    assert len(images) == 2 + 1 + 1 + 1 + 1 == page.count("<img")
     assert all(len(data) > 1000 for _, data in images)
     # self-contained: no script, no external reference; model output and names escaped
     assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page

@@ -1,6 +1,6 @@
 """The data layer: read local dataset files, validate rows as typed records, convert feedback to pairs."""
 
-from rlhfkit.data.convert import edit_to_pair, ranking_to_pairs, ratings_to_pairs, to_preferences
+from rlhfkit.data.convert import edit_to_pair, ranking_to_pairs, ratings_to_pairs, to_preferences, unpaired_to_pairs
 from rlhfkit.data.readers import SUPPORTED_FORMATS, DataError, Row, read_rows
 from rlhfkit.data.records import (
     INSTRUCTGPT_FLAGS,
@@ -13,9 +13,13 @@ from rlhfkit.data.records import (
     RankingRecord,
     RatingRecord,
     Record,
+    ScoredRecord,
     SFTRecord,
+    StepwiseRecord,
     Text,
     UnpairedRecord,
+    infer_kind,
+    load_feedback,
     load_records,
     validate_record,
 )
@@ -35,13 +39,18 @@ __all__ = [
     "Record",
     "Row",
     "SFTRecord",
+    "ScoredRecord",
+    "StepwiseRecord",
     "Text",
     "UnpairedRecord",
     "edit_to_pair",
+    "infer_kind",
+    "load_feedback",
     "load_records",
     "ranking_to_pairs",
     "ratings_to_pairs",
     "read_rows",
     "to_preferences",
+    "unpaired_to_pairs",
     "validate_record",
 ]

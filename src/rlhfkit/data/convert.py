@@ -15,7 +15,15 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from rlhfkit.data.records import EditRecord, PreferenceRecord, RankingRecord, RatingRecord, Record, Text
+from rlhfkit.data.records import (
+    EditRecord,
+    PreferenceRecord,
+    RankingRecord,
+    RatingRecord,
+    Record,
+    Text,
+    UnpairedRecord,
+)
 
 T = TypeVar("T")
 # What an exporter does with tied preference rows (`"tie": true`): TRL's trainers have no tie column and
@@ -65,13 +73,25 @@ def ratings_to_pairs(
     With `margin_from_score`, a pair's margin is its score difference, so that 7 vs 1 counts for more
     than 5 vs 4 in margin losses such as Llama 2's reward-model loss.
     """
-    groups: dict[Hashable, list[RatingRecord]] = {}
-    for record in records:
-        groups.setdefault(prompt_key(record.prompt), []).append(record)
+    return _grouped_pairs(((r.prompt, r.response, r.score) for r in records), include_ties, margin_from_score)
+
+
+def unpaired_to_pairs(records: Iterable[UnpairedRecord]) -> list[PreferenceRecord]:
+    """Each thumbs-up reply preferred to each thumbs-down reply to the same prompt (same-label pairs say nothing)."""
+    return _grouped_pairs(((r.prompt, r.completion, int(r.label)) for r in records), include_ties=False)
+
+
+def _grouped_pairs(
+    scored: Iterable[tuple[Text, Text, float]], include_ties: bool, margin_from_score: bool = False
+) -> list[PreferenceRecord]:
+    """`_pairs` within each prompt's (reply, score)s, prompts in first-seen order."""
+    groups: dict[Hashable, list[tuple[Text, Text, float]]] = {}
+    for item in scored:
+        groups.setdefault(prompt_key(item[0]), []).append(item)
     return [
         pair
         for group in groups.values()
-        for pair in _pairs(group[0].prompt, [(r.response, r.score) for r in group], include_ties, margin_from_score)
+        for pair in _pairs(group[0][0], [(reply, score) for _, reply, score in group], include_ties, margin_from_score)
     ]
 
 
@@ -83,7 +103,7 @@ def edit_to_pair(e: EditRecord) -> PreferenceRecord:
 
 
 def to_preferences(records: Iterable[Record], kind: str) -> list[PreferenceRecord]:
-    """Preference pairs from records of `kind` (preference, ranking, rating or edit), ties left out."""
+    """Preference pairs from records of `kind` (see `_TO_PREFERENCES`), ties left out."""
     if kind not in _TO_PREFERENCES:
         raise ValueError(
             f"cannot turn {kind!r} records into preferences; convertible kinds: {', '.join(_TO_PREFERENCES)}"
@@ -92,7 +112,7 @@ def to_preferences(records: Iterable[Record], kind: str) -> list[PreferenceRecor
 
 
 def _pairs(
-    prompt: Text, scored: Sequence[tuple[Text, int]], include_ties: bool, margin_from_score: bool = False
+    prompt: Text, scored: Sequence[tuple[Text, float]], include_ties: bool, margin_from_score: bool = False
 ) -> list[PreferenceRecord]:
     """Every pair (i < j) of scored replies to `prompt`, the higher score chosen (i's reply when tied)."""
     pairs = []
@@ -135,6 +155,9 @@ _TO_PREFERENCES: dict[str, Callable[[Iterable[Any]], list[PreferenceRecord]]] = 
     "ranking": lambda records: [pair for record in records for pair in ranking_to_pairs(record)],
     "rating": ratings_to_pairs,
     "edit": lambda records: [edit_to_pair(record) for record in records],
+    "unpaired": unpaired_to_pairs,
+    "scored": lambda records: [pair for record in records for pair in ranking_to_pairs(record.ranking())],
+    "stepwise": lambda records: unpaired_to_pairs(record.outcome() for record in records),
 }
 
 

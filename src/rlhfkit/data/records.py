@@ -8,7 +8,8 @@ A row that does not fit is reported as `{location}: field '{field}': {problem}`,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, cast, get_args, overload
@@ -150,11 +151,84 @@ class SFTRecord(Record):
         return self
 
 
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # Anthropic HH-RLHF transcript turn markers
+_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+
+
+def is_transcript(text: str) -> bool:
+    """Whether `text` is an HH-RLHF transcript: it starts with a Human turn (its leading blank line optional)."""
+    return ("\n\n" + text.removeprefix("\n\n")).startswith(HUMAN)
+
+
+def parse_transcript(text: str) -> list[dict[str, str]]:
+    """The chat messages of an HH-RLHF transcript ("\\n\\nHuman: ... \\n\\nAssistant: ..."), turns stripped.
+
+    Raises ValueError with the reason when it is not one: a turn that is not Human's first, or no
+    Assistant turn last (the last reply is what a preference compares).
+    """
+    parts = _TURN.split("\n\n" + text.removeprefix("\n\n"))
+    roles, contents = parts[1::2], parts[2::2]
+    if parts[0] or not roles or roles[0] != "Human":
+        raise ValueError("a transcript starts with a 'Human:' turn")
+    if roles[-1] != "Assistant":
+        raise ValueError(
+            f"a transcript ends with an 'Assistant:' turn (the reply compared); its last of {len(roles)} turns "
+            "is the Human's"
+        )
+    return [
+        {"role": "user" if r == "Human" else "assistant", "content": c.strip()}
+        for r, c in zip(roles, contents, strict=True)
+    ]
+
+
+def transcript_pair(
+    chosen: str, rejected: str
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt, chosen, rejected) messages of two HH-RLHF transcripts: the shared conversation, then each final
+    Assistant turn. Raises ValueError naming the field and the reason when they are malformed or diverge earlier."""
+    turns = {}
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        try:
+            turns[name] = parse_transcript(text)
+        except ValueError as error:
+            raise ValueError(f"field '{name}': not an HH-RLHF transcript: {error}") from None
+    if turns["chosen"][:-1] != turns["rejected"][:-1]:
+        raise ValueError(
+            "fields 'chosen' and 'rejected': the two transcripts differ before their final Assistant turn; "
+            "they must share the conversation and differ only in the last reply"
+        )
+    return turns["chosen"][:-1], turns["chosen"][-1:], turns["rejected"][-1:]
+
+
+def shared_text_prompt(chosen: str, rejected: str) -> int:
+    """Where the prompt of two full texts ends: at the last whitespace of their longest common prefix.
+
+    The whitespace goes with the replies, as a BPE tokenizer attaches a word's leading space to the word
+    (TRL's `extract_prompt` splits the same way): "Q: sky? A: blue" / "Q: sky? A: black" -> "Q: sky? A:".
+    0 when there is no such whitespace (no prompt).
+    """
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    return max((i for i in range(shared) if chosen[i].isspace()), default=0)
+
+
+def _implicit_prompt_problem(what: str, shared: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "implicit_prompt",
+        "without 'prompt', 'chosen' and 'rejected' must start with the same {what} and then differ; "
+        "they share {shared}",
+        {"what": what, "shared": shared},
+    )
+
+
 class PreferenceRecord(Record):
     """`chosen` is preferred to `rejected` as a reply to `prompt` (equally good when `tie`).
 
-    TRL's implicit-prompt form is accepted too: no `prompt`, and `chosen`/`rejected` are whole
-    conversations; their longest common prefix of messages becomes the prompt.
+    TRL's implicit-prompt forms are accepted too, with no `prompt`: whole conversations (their longest
+    common prefix of messages is the prompt), whole texts (split at the last whitespace of their longest
+    common prefix, `shared_text_prompt`), and Anthropic HH-RLHF transcripts (read as chat messages: the
+    shared conversation is the prompt, each final Assistant turn a reply).
     """
 
     _text_fields = ("prompt", "chosen", "rejected")
@@ -170,17 +244,28 @@ class PreferenceRecord(Record):
         if not isinstance(data, Mapping) or "prompt" in data:
             return data
         chosen, rejected = data.get("chosen"), data.get("rejected")
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            if is_transcript(chosen) or is_transcript(rejected):
+                try:
+                    prompt, chosen, rejected = transcript_pair(chosen, rejected)
+                except ValueError as error:
+                    raise PydanticCustomError("transcript", str(error)) from None
+                return {**data, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+            cut = shared_text_prompt(chosen, rejected)
+            if cut == 0 or chosen == rejected:
+                raise _implicit_prompt_problem(
+                    "text (the prompt, up to a whitespace)",
+                    "all their text" if chosen == rejected else "no text up to a whitespace",
+                )
+            return {**data, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            return data  # plain text without a prompt: reported as a missing 'prompt'
+            return data  # reported as a missing 'prompt' (or a bad 'chosen'/'rejected')
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
         if shared == 0 or shared in (len(chosen), len(rejected)):
-            raise PydanticCustomError(
-                "implicit_prompt",
-                "without 'prompt', 'chosen' and 'rejected' must start with the same messages (the prompt) "
-                "and then differ; they share {shared} leading messages, of {chosen} and {rejected}",
-                {"shared": shared, "chosen": len(chosen), "rejected": len(rejected)},
+            raise _implicit_prompt_problem(
+                "messages (the prompt)", f"{shared} leading messages, of {len(chosen)} and {len(rejected)}"
             )
         return {**data, "prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
@@ -204,6 +289,66 @@ class RankingRecord(Record):
                 {"ranks": len(ranks), "responses": len(responses)},
             )
         return ranks
+
+
+class ScoredReply(_Model):
+    """One of a prompt's replies with its score (higher is better); UltraFeedback calls it `overall_score`."""
+
+    response: Text
+    score: float = Field(validation_alias=AliasChoices("score", "overall_score"))
+
+
+def ranks_from_scores(scores: Sequence[float]) -> list[int]:
+    """Dense ranks, 1 for the highest score; equal scores share a rank (a tie): [7.5, 9, 7.5] -> [2, 1, 2]."""
+    order = sorted(set(scores), reverse=True)
+    return [order.index(score) + 1 for score in scores]
+
+
+class ScoredRecord(Record):
+    """UltraFeedback-style: K >= 2 replies to one prompt (`instruction` in UltraFeedback), each with a score;
+    read as the ranking the scores give."""
+
+    _text_fields = ("prompt", "responses")
+    prompt: Text = Field(validation_alias=AliasChoices("prompt", "instruction"))
+    completions: list[ScoredReply] = Field(min_length=2)
+
+    @property
+    def responses(self) -> list[Text]:
+        return [reply.response for reply in self.completions]
+
+    def ranking(self) -> RankingRecord:
+        return RankingRecord(
+            prompt=self.prompt,
+            responses=self.responses,
+            ranks=ranks_from_scores([reply.score for reply in self.completions]),
+        )
+
+
+class StepwiseRecord(Record):
+    """TRL's stepwise supervision: a text reply as `completions` (its steps) with one correctness label per step."""
+
+    _text_fields = ("prompt",)
+    prompt: str
+    completions: list[str] = Field(min_length=1)
+    labels: list[bool]
+
+    @field_validator("labels")
+    @classmethod
+    def _one_label_per_step(cls, labels: list[bool], info: ValidationInfo) -> list[bool]:
+        steps = info.data.get("completions")
+        if steps is not None and len(labels) != len(steps):
+            raise PydanticCustomError(
+                "label_count",
+                "{labels} labels for {steps} steps; give one label per step",
+                {"labels": len(labels), "steps": len(steps)},
+            )
+        return labels
+
+    def outcome(self) -> UnpairedRecord:
+        """The whole reply, its steps on lines of their own, judged good only if every step is: outcome
+        supervision, which KTO and pairwise losses can train on (rlhfkit has no per-step reward model)."""
+        reply = "".join("\n" + step for step in self.completions)
+        return UnpairedRecord(prompt=self.prompt, completion=reply, label=all(self.labels))
 
 
 class CandidatesRecord(Record):
@@ -251,7 +396,22 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "unpaired": UnpairedRecord,
     "edit": EditRecord,
     "candidates": CandidatesRecord,
+    "scored": ScoredRecord,
+    "stepwise": StepwiseRecord,
 }
+KIND_FIELDS: dict[str, tuple[frozenset[str], ...]] = {
+    "prompt": (frozenset({"prompt"}),),
+    "sft": (frozenset({"messages"}), frozenset({"prompt", "completion"})),
+    "preference": (frozenset({"chosen", "rejected"}),),
+    "ranking": (frozenset({"responses", "ranks"}),),
+    "rating": (frozenset({"response", "score"}),),
+    "unpaired": (frozenset({"prompt", "completion", "label"}),),
+    "edit": (frozenset({"original", "edited"}),),
+    "candidates": (frozenset({"responses"}),),
+    "scored": (frozenset({"completions"}),),
+    "stepwise": (frozenset({"completions", "labels"}),),
+}
+"""The fields that mark each kind's rows, for `infer_kind` (any one set of a kind's sets)."""
 
 
 @overload
@@ -267,6 +427,39 @@ def load_records(path: str | os.PathLike[str], kind: str) -> list[Any]:
     if not records:
         raise DataError(f"{path}: no rows")
     return records
+
+
+def infer_kind(fields: Collection[str], accepted: Sequence[str], location: str) -> str:
+    """The one kind of `accepted` whose marking fields (KIND_FIELDS) a row with `fields` has.
+
+    Where several match, the most specific wins (unpaired's completion + label beats SFT's prompt +
+    completion; stepwise's completions + labels beats scored's completions); a tie or no match is a DataError.
+    """
+    present = set(fields)
+    matched = {kind: max((len(s) for s in KIND_FIELDS[kind] if s <= present), default=0) for kind in accepted}
+    best = [kind for kind, size in matched.items() if size and size == max(matched.values())]
+    if len(best) == 1:
+        return best[0]
+    shapes = "; ".join(f"{kind}: {' or '.join('+'.join(sorted(s)) for s in KIND_FIELDS[kind])}" for kind in accepted)
+    found = ", ".join(f"'{name}'" for name in fields) or "no fields"
+    problem = f"fits {' and '.join(best)} alike" if best else "fits none of the shapes read here"
+    raise DataError(f"{location}: a row with {found} {problem} ({shapes}); set the record kind in the config")
+
+
+def load_feedback(path: str | os.PathLike[str], kind: str | None, accepted: Sequence[str]) -> tuple[str, list[Record]]:
+    """(kind, records) of a feedback file: `kind`, or the kind its first row's fields show (`infer_kind`).
+
+    The one loader of every shape a stage reads; a kind the stage cannot use is a DataError naming them.
+    """
+    if kind is None:
+        first = next(read_rows(path), None)
+        if first is None:
+            raise DataError(f"{path}: no rows")
+        present = [name for name, value in first.data.items() if value is not None]
+        kind = infer_kind(present, accepted, first.location)
+    elif kind not in accepted:
+        raise DataError(f"{path}: {kind} records cannot be used here; this stage reads {', '.join(accepted)}")
+    return kind, load_records(path, kind)
 
 
 @overload

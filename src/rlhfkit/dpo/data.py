@@ -2,8 +2,9 @@
 
 Any comparative feedback becomes pairs through the data layer's conversions (a ranking gives all its
 pairs, ratings of one prompt's replies give pairs by score, an edit is preferred to the original; ties say
-nothing about direction and are left out). KTO trains on single responses labelled desirable or not:
-thumbs up/down records, or both halves of every pair.
+nothing about direction and are left out); thumbs up/down replies pair up where one prompt has both. KTO
+trains on single responses labelled desirable or not: thumbs up/down records (stepwise ones by their
+outcome), or both halves of every pair.
 
 Each response is tokenized as prompt + response by the SFT tokenizer (plain text or chat template), with
 the loss mask on the response only, so the sequence log-probability is log π(y|x).
@@ -14,18 +15,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from transformers import PreTrainedTokenizerBase
 
 from rlhfkit.data.convert import prompt_key, to_preferences
 from rlhfkit.data.readers import DataError
-from rlhfkit.data.records import PreferenceRecord, Record, SFTRecord, Text, UnpairedRecord
+from rlhfkit.data.records import PreferenceRecord, Record, SFTRecord, StepwiseRecord, Text, UnpairedRecord
 from rlhfkit.data.tokenize import sft_sequence
 from rlhfkit.training.batching import TokenSequence, cut_prompts_note, fit_to_length
 
-Kind = Literal["preference", "ranking", "rating", "edit", "unpaired"]  # record kinds DPO and KTO read
+# record kinds DPO and KTO read; unpaired and stepwise give pairs (thumbs up vs down on one prompt) to paired losses
+Kind = Literal["preference", "ranking", "rating", "edit", "scored", "unpaired", "stepwise"]
 KINDS: tuple[str, ...] = get_args(Kind)
+JUDGED_KINDS = ("unpaired", "stepwise")  # single replies judged good or bad, as KTO trains on
 
 
 @dataclass(frozen=True)
@@ -87,21 +90,29 @@ def _clear_first_runs(mask: list[int], runs: int) -> list[int]:
     return out
 
 
+def judged_records(records: Sequence[Record]) -> list[UnpairedRecord]:
+    """Single judged replies: thumbs up/down records as they are, stepwise ones by their outcome."""
+    return [r.outcome() if isinstance(r, StepwiseRecord) else cast(UnpairedRecord, r) for r in records]
+
+
 def build_examples(
     records: Sequence[Record], kind: str, unpaired: bool, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[list[Example], list[str]]:
     """Examples for a paired loss (`unpaired` False) or for KTO, and notes on what was left out."""
     notes: list[str] = []
-    if kind == "unpaired":
-        if not unpaired:
-            raise DataError("unpaired records (one response, thumbs up or down) train with loss=kto only")
-        judged = [(r.prompt, r.completion, r.label) for r in records if isinstance(r, UnpairedRecord)]
+    if unpaired and kind in JUDGED_KINDS:
+        judged = [(r.prompt, r.completion, r.label) for r in judged_records(records)]
         pairs: list[PreferenceRecord] = []
     else:
         pairs = to_preferences(records, kind)
         ties = sum(p.tie for p in pairs)
         if ties:
             notes.append(f"{ties} tied pairs left out (a tie says nothing about which response to prefer)")
+        if kind in JUDGED_KINDS:
+            notes.append(
+                f"{len(pairs)} pairs of a thumbs-up and a thumbs-down reply to one prompt from {len(records)} "
+                "judged replies (loss=kto trains on every one)"
+            )
         pairs = [p for p in pairs if not p.tie]
         judged = [
             (p.prompt, response, good) for p in pairs for response, good in ((p.chosen, True), (p.rejected, False))

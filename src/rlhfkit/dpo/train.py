@@ -29,8 +29,8 @@ from rlhfkit import assets
 from rlhfkit.config import ConfigError
 from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError
-from rlhfkit.data.records import load_records
-from rlhfkit.dpo.data import Example, Kind, build_examples, with_reference
+from rlhfkit.data.records import load_feedback
+from rlhfkit.dpo.data import KINDS, Example, Kind, build_examples, with_reference
 from rlhfkit.dpo.losses import LOSSES, UNPAIRED_LOSSES, chosen_nll
 from rlhfkit.dpo.reference import SequenceLogprobs, default_cache_dir, reference_logps, score
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer, usable_length
@@ -48,7 +48,7 @@ class DPOConfig(TrainSettings):
     model: str = Field("tiny-austen", description="policy to tune (usually the SFT model): name, path or hub id")
     ref_model: str | None = Field(None, description="reference model (default: the policy's starting weights)")
     data: str | None = Field(None, description="judgements: JSONL/JSON/Parquet file or save_to_disk dir (required)")
-    data_kind: Kind = Field("preference", description="record kind of data/eval_data; unpaired needs loss=kto")
+    data_kind: Kind | None = Field(None, description="record kind of data/eval_data (default: from the fields)")
     eval_data: str | None = Field(None, description="held-out judgements (default: a split of `data` by prompt)")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of prompts held out when eval_data is unset")
     max_length: int = Field(256, ge=2, description="tokens per prompt + response; the prompt loses its start first")
@@ -206,15 +206,16 @@ def load_examples(
     """(train, held-out, notes): records read, split by prompt unless eval_data is given, then tokenized."""
     if config.data is None:
         raise ConfigError("dpo: `data` is required (a file of judgements)")
-    records = load_records(assets.resolve(config.data), config.data_kind)
+    kind, records = load_feedback(assets.resolve(config.data), config.data_kind, KINDS)
+    held_kind = kind
     if config.eval_data is not None:
-        held = load_records(assets.resolve(config.eval_data), config.data_kind)
+        held_kind, held = load_feedback(assets.resolve(config.eval_data), config.data_kind, KINDS)
     else:
         records, held = split_by_prompt(records, config.eval_fraction, config.seed)
     unpaired = config.loss in UNPAIRED_LOSSES
     max_length = usable_length(config.model, config.max_length)
-    train, notes = build_examples(records, config.data_kind, unpaired, tokenizer, max_length)
-    held_out, held_notes = build_examples(held, config.data_kind, unpaired, tokenizer, max_length)
+    train, notes = build_examples(records, kind, unpaired, tokenizer, max_length)
+    held_out, held_notes = build_examples(held, held_kind, unpaired, tokenizer, max_length)
     if not train:
         raise DataError(f"{config.data}: no usable training examples ({'; '.join(notes) or 'empty'})")
     return train, held_out, notes + [f"held out: {n}" for n in held_notes]

@@ -5,6 +5,9 @@ A run is any directory holding a `metrics.jsonl` (PPO, DPO, SFT, reward: what th
 quickstart or loop directory). The page shows, each in a section with a fixed id:
 
 - `summary`: each run's last logged reward-model score, gold score and KL;
+- `stages`: what each training stage measured on held-out data, at its first and last evaluation: SFT's
+  loss, the reward model's accuracy, margin and calibration, DPO's implicit-reward accuracy and margin;
+- `losses`: every training run's losses (training and held-out) per step;
 - `reward-kl`: reward (and gold) and KL per step, one figure per run that logs them, flagged steps shaded;
 - `frontier`: gold (else reward-model) score against KL per response, every run and evaluated policy on one
   plot: the reward-vs-KL frontier of the DPO paper's sentiment figure (Rafailov et al. 2023, figure 2);
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field
 
 from rlhfkit.config import Config
@@ -310,7 +314,7 @@ def summary_section(runs: list[Run]) -> str:
     rows = []
     for run in runs:
         steps = [row["step"] for row in run.metrics]
-        kind = "eval" if run.evaluation else "metrics"
+        kind = "eval" if run.evaluation else stage_of(run) or "metrics"
         rows.append(
             [
                 esc(run.name),
@@ -322,7 +326,7 @@ def summary_section(runs: list[Run]) -> str:
                 fmt(len(run.flags)),
             ]
         )
-    header = ["run", "kind", "last step", "reward-model score", "gold score", "KL (nats/response)", "flags"]
+    header = ["run", "stage", "last step", "reward-model score", "gold score", "KL (nats/response)", "flags"]
     return section("summary", "Runs", table(header, rows, numeric={2, 3, 4, 5, 6}))
 
 
@@ -440,10 +444,118 @@ def hacking_section(runs: list[Run], settings: HackingSettings) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Each stage's own results and training losses (sections `stages` and `losses`).
+
+STAGE_LOSSES = {"ppo": "ppo/policy_loss", "dpo": "dpo/loss", "reward": "rm/loss", "sft": "train/loss"}
+"""The loss each trainer logs, which tells which stage wrote a run (an LM run with a corpus: pretraining)."""
+
+
+def stage_of(run: Run) -> str | None:
+    """sft, pretrain, reward, dpo or ppo: the stage whose loss the run logs; None for an evaluation."""
+    stage = next((name for name, key in STAGE_LOSSES.items() if run.has(key)), None)
+    return "pretrain" if stage == "sft" and "corpus" in saved_config(run.path) else stage
+
+
+def saved_config(path: Path) -> dict[str, Any]:
+    """The run's config.yaml; {} when it has none or it is unreadable (it only names the stage here)."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def measures(run: Run, stage: str | None) -> dict[str, str]:
+    """{what the stage learned: held-out metric key}: SFT's loss, the reward model's accuracy, margin and
+    calibration (ECE) per head, DPO's implicit-reward accuracy and margin, PPO's held-out score and KL."""
+    if stage in ("sft", "pretrain"):
+        return {"held-out loss": "eval/loss", "held-out perplexity": "eval/ppl"}
+    if stage == "reward":
+        heads = sorted(
+            {k.split("/")[1] for row in run.metrics for k in row if k.startswith("eval/") and k.endswith("/ece")}
+        )
+        wanted = {"accuracy": "held-out accuracy", "margin": "held-out margin", "ece": "calibration error (ECE)"}
+        return {f"{what} ({head})": f"eval/{head}/{key}" for head in heads for key, what in wanted.items()}
+    if stage == "dpo":
+        return {
+            "implicit-reward accuracy": "eval/dpo/accuracy",
+            "implicit-reward margin": "eval/dpo/rewards/margin",
+            "held-out loss": "eval/dpo/loss",
+        }
+    if stage == "ppo":
+        return {"held-out reward-model score": "eval/reward/score", "held-out KL": "eval/kl/k1"}
+    return {}
+
+
+def first_and_last(run: Run, key: str) -> tuple[dict | None, dict | None]:
+    """The first and the last row logging `key` (one row: (None, row): nothing to compare it with)."""
+    rows = [row for row in run.metrics if row.get(key) is not None]
+    if not rows:
+        return None, None
+    return (rows[0] if len(rows) > 1 else None), rows[-1]
+
+
+def stage_rows(run: Run) -> list[list[str]]:
+    """Table rows (run, stage, measure, start, end) of what `run`'s stage measured on held-out data."""
+    stage = stage_of(run)
+    rows = []
+    for what, key in measures(run, stage).items():
+        first, last = first_and_last(run, key)
+        if last is not None:
+            start = f"{first[key]:.3f} (step {first['step']})" if first else "-"
+            rows.append([esc(run.name), esc(stage), esc(what), start, f"{last[key]:.3f} (step {last['step']})"])
+    return rows
+
+
+def stages_section(runs: list[Run]) -> str:
+    rows = [row for run in runs for row in stage_rows(run)]
+    if not rows:
+        return section("stages", "What each stage learned", note("no training run logged a held-out evaluation"))
+    text = note(
+        "Each stage's own held-out results, at the first evaluation (step 0: before training) and the last: "
+        "SFT's loss, the reward model's accuracy, margin and calibration, DPO's implicit-reward accuracy and "
+        "margin (β log π/π_ref of chosen minus rejected), PPO's score and KL."
+    )
+    return section(
+        "stages",
+        "What each stage learned",
+        text + table(["run", "stage", "measure", "start", "end"], rows, numeric={3, 4}),
+    )
+
+
+def loss_keys(run: Run) -> list[str]:
+    """Every loss the run logs (training and held-out), in first-logged order."""
+    keys = dict.fromkeys(key for row in run.metrics for key in row if key.endswith("loss"))
+    return list(keys)
+
+
+def losses_figure(run: Run) -> str:
+    """The run's losses against the step: training losses as lines, held-out ones as dots."""
+    figure, (ax,) = _figure(5.5, 3.2)
+    for key in loss_keys(run):
+        held_out = key.startswith("eval/")
+        _plot_series(
+            ax, run.metrics, key, marker="o" if held_out else None, markersize=3, linestyle=":" if held_out else "-"
+        )
+    ax.set(xlabel="step", ylabel="loss", title=f"{stage_of(run) or 'run'}: losses per step")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _png(figure)
+
+
+def losses_section(runs: list[Run]) -> str:
+    shown = [run for run in runs if stage_of(run) and loss_keys(run)]
+    body = "".join(f"<h3>{esc(r.name)}</h3>{img(losses_figure(r), f'losses per step: {r.name}')}" for r in shown)
+    return section("losses", "Training losses per step", body or note("no training run logged a loss"))
+
+
 def render(runs: list[Run], config: ReportConfig) -> str:
     """The whole page."""
     sections = [
         summary_section(runs),
+        stages_section(runs),
+        losses_section(runs),
         reward_kl_section(runs),
         frontier_section(runs),
         leaderboard_section(runs),

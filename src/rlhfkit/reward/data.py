@@ -2,7 +2,9 @@
 
 A comparison is one batch element: K replies to a prompt, their ranks (1 best, equal ranks tied), a
 margin, and the head it trains. A preference pair is a ranking of two; a K-way ranking stays whole, so
-each reply is forwarded once (InstructGPT, arXiv:2203.02155, section 3.5); ratings become pairs by score.
+each reply is forwarded once (InstructGPT, arXiv:2203.02155, section 3.5), as does a scored (UltraFeedback)
+record's ranking; ratings become pairs by score, and every other kind pairs through the data layer's
+conversions (thumbs up vs down on one prompt, an edit over its original).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, cast, get_args
 
 from rlhfkit import assets
-from rlhfkit.data.convert import ratings_to_pairs
-from rlhfkit.data.records import PreferenceRecord, RankingRecord, RatingRecord, Text, load_records
+from rlhfkit.data.convert import ratings_to_pairs, to_preferences
+from rlhfkit.data.records import PreferenceRecord, RankingRecord, RatingRecord, ScoredRecord, Text, load_feedback
 
-KINDS = ("preference", "ranking", "rating")
+Kind = Literal["preference", "ranking", "rating", "scored", "edit", "unpaired", "stepwise"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 @dataclass(frozen=True)
@@ -49,22 +53,21 @@ def from_pair(pair: PreferenceRecord, head: int, use_margin: bool) -> Comparison
     return Comparison(pair.prompt, [pair.chosen, pair.rejected], [1, 1 if pair.tie else 2], margin, head)
 
 
-def load_comparisons(path: str, kind: str, head: int = 0, use_margin: bool = False) -> list[Comparison]:
-    """Comparisons from a file of preference, ranking or rating records (ties kept, as 0.5 targets).
+def load_comparisons(path: str, kind: str | None, head: int = 0, use_margin: bool = False) -> list[Comparison]:
+    """Comparisons from a file of any kind of KINDS (ties kept, as 0.5 targets); None: the kind its fields show.
 
     Ratings of replies to the same prompt become pairs by score (equal scores: ties); with `use_margin`,
     a pair's margin is its score gap, or a preference record's `margin` field.
     """
-    if kind not in KINDS:
-        raise ValueError(f"a reward model trains on {', '.join(KINDS)} records, not {kind!r}")
-    records = load_records(assets.resolve(path), kind)
-    if kind == "ranking":
-        return [Comparison(r.prompt, r.responses, r.ranks, 0.0, head) for r in records if isinstance(r, RankingRecord)]
+    kind, records = load_feedback(assets.resolve(path), kind, KINDS)
+    if kind in ("ranking", "scored"):
+        rankings = [r.ranking() if isinstance(r, ScoredRecord) else cast(RankingRecord, r) for r in records]
+        return [Comparison(r.prompt, r.responses, r.ranks, 0.0, head) for r in rankings]
     if kind == "rating":
         ratings = [r for r in records if isinstance(r, RatingRecord)]
         pairs = ratings_to_pairs(ratings, include_ties=True, margin_from_score=use_margin)
     else:
-        pairs = [r for r in records if isinstance(r, PreferenceRecord)]
+        pairs = to_preferences(records, kind)
     return [from_pair(pair, head, use_margin) for pair in pairs]
 
 

@@ -34,7 +34,7 @@ from rlhfkit.models.loading import LoraSettings
 from rlhfkit.models.reward import CONFIG_FILE, RewardModel
 from rlhfkit.models.reward_ensemble import RewardEnsemble, member_dir_name, write_index
 from rlhfkit.reward.batching import BucketedRewards, RewardBatch, TokenizedComparison, batch_loss, collate
-from rlhfkit.reward.data import Comparison, bootstrap, load_comparisons
+from rlhfkit.reward.data import Comparison, Kind, bootstrap, load_comparisons
 from rlhfkit.reward.evaluate import evaluate
 from rlhfkit.training.batching import BatchOrder, chunks, shard
 from rlhfkit.training.config import TrainSettings
@@ -48,7 +48,7 @@ class HeadData(Config):
     """The labels one reward head trains on."""
 
     data: str | None = Field(None, description="training records: JSONL/JSON/Parquet file or save_to_disk dir")
-    kind: Literal["preference", "ranking", "rating"] = Field("preference", description="record kind of `data`")
+    kind: Kind | None = Field(None, description="record kind of `data` (default: from its fields)")
     eval_data: str | None = Field(None, description="held-out records (default: a split of `data` by prompt)")
     weight: float = Field(1.0, description="default weight of this head in the combined reward")
 
@@ -156,7 +156,7 @@ def load_heads(config: RewardConfig) -> tuple[list[Comparison], list[Comparison]
     train, held_out, notes = [], [], []
     for head, (name, spec) in enumerate(config.heads.items()):
         if spec.data is None:
-            raise ConfigError(f"heads.{name}.data is not set: give a file of {spec.kind} records")
+            raise ConfigError(f"heads.{name}.data is not set: give a file of {spec.kind or 'preference'} records")
         data = load_comparisons(spec.data, spec.kind, head, config.margin)
         if spec.eval_data is not None:
             held = load_comparisons(spec.eval_data, spec.kind, head, config.margin)

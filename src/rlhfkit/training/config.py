@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlhfkit.config import Config
+from rlhfkit.training.trackers import Tracker
 
 
 class TrainSettings(Config):
@@ -29,6 +30,9 @@ class TrainSettings(Config):
     save_every: int = Field(0, ge=0, description="checkpoint every N steps for --resume (0: never)")
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
     log_every: int = Field(10, ge=1, description="write metrics every N steps")
+    report_to: list[Tracker] = Field(
+        ["tensorboard"], description="experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow"
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (GPU)")
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from accelerate.tracking import GeneralTracker
 from rich import get_console
 from rich.console import Console
 from rich.progress import (
@@ -22,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from rlhfkit.training.trackers import experiment_trackers, hyperparameters
 
 LINE_EVERY_S = 60.0  # without a terminal: a progress line at least this often while a task advances
 LINE_PARTS = 10  # ... and at each tenth of the task
@@ -97,17 +99,6 @@ def progress_bar(
     )
 
 
-@functools.cache
-def _summary_writer() -> type | None:
-    """TensorBoard's SummaryWriter if tensorboard is installed (said once per process if it is not)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        Console(stderr=True).print("tensorboard is not installed: metrics go to metrics.jsonl only")
-        return None
-    return SummaryWriter
-
-
 def trim_rows(path: Path, before: int) -> None:
     """Keep the rows of a step-numbered JSONL file (metrics.jsonl, samples.jsonl) whose step is below `before`.
 
@@ -128,36 +119,43 @@ def trim_rows(path: Path, before: int) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per logging step to `metrics.jsonl` (main process only), and writes the same
-    scalars as TensorBoard events in `tensorboard/` beside it when tensorboard is installed.
+    """Appends one JSON object per logging step to `metrics.jsonl` (main process only), and logs the same
+    scalars to the experiment trackers of `report_to` (`trackers.py`), which write beside it.
 
     A run resumed from step N keeps the lines up to N and drops later ones (and a line torn by the kill),
     which the resumed run writes again: the file then reads as one uninterrupted run. A run that starts at
-    step 0 starts an empty file.
+    step 0 starts an empty file. `config` (flat: {dotted.name: value}) is stored as the trackers' hyperparameters.
     """
 
-    def __init__(self, path: Path, enabled: bool, resume_after: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        enabled: bool,
+        resume_after: int = 0,
+        report_to: Sequence[str] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.enabled = enabled
-        self.tensorboard = None
+        self.trackers: list[GeneralTracker] = []
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         trim_rows(path, before=resume_after + 1 if resume_after else 0)
-        writer = _summary_writer()
-        if writer is not None:
-            self.tensorboard = writer(str(path.parent / "tensorboard"), purge_step=resume_after + 1)
+        self.trackers = experiment_trackers(report_to, path.parent, resume_after)
+        for tracker in self.trackers:
+            if config is not None:
+                tracker.store_init_configuration(hyperparameters(config))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        if self.tensorboard is not None:
-            for key, value in metrics.items():
-                self.tensorboard.add_scalar(key, value, step)
-            self.tensorboard.flush()  # a killed run keeps what it logged
+        for tracker in self.trackers:
+            tracker.log(metrics, step=step)  # TensorBoard's flushes: a killed run keeps what it logged
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []

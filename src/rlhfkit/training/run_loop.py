@@ -25,6 +25,7 @@ from rlhfkit.training.batching import BatchOrder
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.progress import MetricsLog, progress_bar
+from rlhfkit.training.runtime import flatten
 
 
 @dataclass
@@ -120,7 +121,13 @@ class TrainingRun:
         if checkpointed:
             accelerator.register_for_checkpointing(*checkpointed)
         self.start = resume(accelerator, self.output_dir) if settings.resume else 0
-        self.log = MetricsLog(self.output_dir / "metrics.jsonl", accelerator.is_main_process, resume_after=self.start)
+        self.log = MetricsLog(
+            self.output_dir / "metrics.jsonl",
+            accelerator.is_main_process,
+            resume_after=self.start,
+            report_to=settings.report_to,
+            config=flatten(settings.model_dump(mode="json")),
+        )
         self._started = time.perf_counter()
         self._items = 0.0
 

@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit.config import Config, ConfigError, dump_config
 from rlhfkit.models.loading import save_model
 from rlhfkit.training.config import TrainSettings
+from rlhfkit.training.trackers import check_trackers
 
 LAUNCH_HELP = "launch several processes with `torchrun --standalone --nproc_per_node N -m rlhfkit STAGE ...`"
 
@@ -55,7 +56,7 @@ def check_launch(launched: int, joined: int) -> None:
 RUN_MARKERS = ("metrics.jsonl", "checkpoints")  # what a run that began training leaves in its output_dir
 RESUMABLE_CHANGES = frozenset(
     {"resume", "overwrite", "max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "log_every",
-     "log_samples", "num_threads"}
+     "log_samples", "num_threads", "report_to"}
 )  # fmt: skip
 
 
@@ -135,6 +136,7 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     set_seed(settings.seed)  # before any model is built: e.g. a new pad token's embedding row is random
+    check_trackers(settings.report_to)
     launched = launched_processes()
     accelerator = Accelerator(
         mixed_precision=settings.mixed_precision,
