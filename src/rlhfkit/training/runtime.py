@@ -181,10 +181,11 @@ def pretrained_saver(
 ) -> Callable[[Path], None]:
     """Saves the trained model with `save_pretrained` (LoRA merged) and its tokenizer.
 
-    Build it on every process: under FSDP this gathers the full weights from the shards onto the main
-    process (a collective), which then saves them.
+    Build it on every process: under FSDP (and DeepSpeed) this gathers the full weights from the shards onto
+    the main process (a collective), which then saves them.
     """
-    weights = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    weights = accelerator.get_state_dict(model) if sharded else None
     return lambda output_dir: save_model(accelerator.unwrap_model(model), tokenizer, output_dir, weights)
 
 
