@@ -78,7 +78,7 @@ def prepare_for_fsdp(model: nn.Module) -> None:
     if any(isinstance(module, PeftModel) for module in model.modules()):
         raise ConfigError("LoRA under FSDP is not supported: train LoRA with DDP (configs/accelerate/ddp.yaml)")
     layers = {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
-    model._no_split_modules = sorted(layers)
+    model._no_split_modules = sorted(layers)  # type: ignore[assignment]  # a plain attribute, as transformers sets it
 
 
 def accumulate(accelerator: Accelerator, model: nn.Module, micro_losses: Sequence[Callable[[], torch.Tensor]]) -> None:
