@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from accelerate import PartialState
+from accelerate.state import AcceleratorState
 
 from rlhfkit.cli import main
 
@@ -13,7 +13,7 @@ try:
     main()
 except SystemExit as done:  # typer exits, 0 on success
     if not done.code:
-        state = PartialState()  # the state rlhfkit's Accelerator set up
+        state = AcceleratorState()  # the state rlhfkit's Accelerator set up
         record = {"index": state.process_index, "processes": state.num_processes, "type": state.distributed_type.value}
         Path(os.environ["RLHFKIT_TEST_RANKS"], f"rank-{state.process_index}.json").write_text(json.dumps(record))
     raise

@@ -10,29 +10,44 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+FSDP_CONFIG = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 
-def run_stage(stage: str, settings: dict[str, object], processes: int) -> Path:
-    """`rlhfkit STAGE --set key=value ...` in one process, or in `processes` under torchrun as the README says;
-    returns the stage's output_dir. Fails with the child's stderr, or if the processes did not form one group."""
+
+def launcher(processes: int, fsdp: bool) -> list[str]:
+    """`python -m rlhfkit`, or the worker of `processes` under torchrun (DDP) or under
+    `accelerate launch --config_file configs/accelerate/fsdp.yaml` (FSDP), as the README says."""
+    here = Path(__file__).parent
+    if fsdp:
+        accelerate = ["-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG)]
+        return [*accelerate, "--num_processes", str(processes), str(here / "fsdp_worker.py")]
+    if processes > 1:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        return [*torchrun, str(here / "ddp_worker.py")]
+    return ["-m", "rlhfkit"]
+
+
+def run_stage(stage: str, settings: dict[str, object], processes: int, fsdp: bool = False) -> Path:
+    """`rlhfkit STAGE --set key=value ...` as `launcher` starts it; returns the stage's output_dir. Fails with
+    the child's stderr, or if the processes did not form one group (of FSDP's type, with `fsdp`)."""
     output_dir = Path(str(settings["output_dir"]))
     ranks = output_dir.with_name(output_dir.name + "-ranks")
-    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    worker = [*torchrun, str(Path(__file__).with_name("ddp_worker.py"))] if processes > 1 else ["-m", "rlhfkit"]
+    worker = launcher(processes, fsdp)
     command = [sys.executable, *worker, stage, *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RLHFKIT_TEST_RANKS": str(ranks)}
     ranks.mkdir(parents=True)
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     if processes > 1:
-        assert_one_group(ranks, processes)
+        assert_one_group(ranks, processes, {"FSDP"} if fsdp else {"MULTI_CPU", "MULTI_GPU"})
     return output_dir
 
 
-def assert_one_group(ranks: Path, processes: int) -> None:
-    """Each worker recorded that accelerate joined `processes` processes in one group, and their indices differ."""
+def assert_one_group(ranks: Path, processes: int, kinds: set[str]) -> None:
+    """Each worker recorded that accelerate joined `processes` processes in one group of one of `kinds`
+    (accelerate's distributed types), and their indices differ."""
     records = [json.loads(path.read_text()) for path in sorted(ranks.glob("rank-*.json"))]
     assert sorted(r["index"] for r in records) == list(range(processes)), records
-    assert all(r["processes"] == processes and r["type"] != "NO" for r in records), records
+    assert all(r["processes"] == processes and r["type"] in kinds for r in records), records
 
 
 def assert_same_runs(one: Path, two: Path, start: Path, keys: tuple[str, ...], atol: float = 1e-5) -> None:

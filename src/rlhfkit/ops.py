@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -23,6 +24,15 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         flat_logits = flat_logits / temperature
     nll = F.cross_entropy(flat_logits, targets.reshape(-1), reduction="none")
     return -nll.view(targets.shape)
+
+
+def fp32_linear(layer: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    """layer(inputs) in float32, autocast or not: a scalar head (a reward, a value) read in bf16 keeps about
+    3 significant digits, too coarse for the differences of rewards that a preference loss and an advantage
+    are made of. (..., D) -> (..., out_features) float32."""
+    bias = None if layer.bias is None else layer.bias.float()
+    with torch.autocast(inputs.device.type, enabled=False):
+        return F.linear(inputs.float(), layer.weight.float(), bias)
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:

@@ -172,13 +172,22 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig,
     tokenizer.save_pretrained(output_dir)
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: Path,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """save_pretrained for model and tokenizer. LoRA adapters are also saved alone in `adapter/` (peft's
     files, for PeftModel / AutoPeftModelForCausalLM over the base model) and then merged, so any loader can
-    read the main directory."""
+    read the main directory. `weights`: the full state dict where the model's own parameters are shards (FSDP)."""
     from peft import PeftModel
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    if weights is not None:  # no LoRA here: TrainingRun refuses it under FSDP
+        model.save_pretrained(output_dir, state_dict=weights)
+        save_tokenizer(tokenizer, model.config, output_dir)
+        return
     if isinstance(model, PeftModel):
         model.save_pretrained(output_dir / ADAPTER_DIR)
         save_tokenizer(tokenizer, model.config, output_dir / ADAPTER_DIR)  # AutoPeftModel resizes embeddings to it

@@ -57,7 +57,7 @@ from rlhfkit.models.loading import (
     resolve_model_path,
     save_tokenizer,
 )
-from rlhfkit.ops import fold_heads, last_index
+from rlhfkit.ops import fold_heads, fp32_linear, last_index
 
 Backbone = Literal["causal_lm", "sequence_classification"]
 CONFIG_FILE = "reward_model.json"
@@ -197,7 +197,7 @@ class RewardModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
         ).last_hidden_state  # (B, T, D)
         last = last_index(attention_mask)  # (B,)
-        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])  # (B, H)
+        return fp32_linear(self.head, hidden[torch.arange(hidden.shape[0], device=hidden.device), last])  # (B, H)
 
     @property
     def token_limit(self) -> int:

@@ -28,7 +28,7 @@ from rlhfkit.models.loading import fused_config, resolve_model_path
 from rlhfkit.models.logprobs import lm_parts
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.models.reward_ensemble import load_reward_model
-from rlhfkit.ops import fold_heads, token_logprobs
+from rlhfkit.ops import fold_heads, fp32_linear, token_logprobs
 from rlhfkit.ppo.losses import entropy
 
 CriticKind = Literal["shared", "policy", "reward"]
@@ -57,7 +57,7 @@ class ActorCritic(nn.Module):
         targets = input_ids[:, 1:][scored]
         if lm_only:  # PPO-ptx: the language-modelling loss, at temperature 1
             return token_logprobs(logits, targets), None, None
-        logits = logits / self.temperature  # the temperature the responses were sampled at
+        logits = logits.float() / self.temperature  # the temperature the responses were sampled at
         token_entropy = None
         if not self.training:  # logged from the rollout; the update has no entropy term and skips the softmax
             with torch.no_grad():
@@ -66,7 +66,7 @@ class ActorCritic(nn.Module):
             return token_logprobs(logits, targets), None, token_entropy
         if self.critic is not None:
             hidden = self.critic(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
-        return token_logprobs(logits, targets), self.value_head(hidden).squeeze(-1), token_entropy
+        return token_logprobs(logits, targets), fp32_linear(self.value_head, hidden).squeeze(-1), token_entropy
 
     def reference_logprobs(self, reference: PreTrainedModel | None, input_ids, attention_mask, scored) -> torch.Tensor:
         """log π_ref of the scored tokens: a separate frozen model, or (reference None) this policy with its
@@ -74,7 +74,7 @@ class ActorCritic(nn.Module):
         with torch.no_grad(), adapters_off(self.policy) if reference is None else contextlib.nullcontext():
             backbone, lm_head = lm_parts(self.policy if reference is None else reference)
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
-            return token_logprobs(lm_head(hidden) / self.temperature, input_ids[:, 1:][scored])
+            return token_logprobs(lm_head(hidden), input_ids[:, 1:][scored], self.temperature)
 
 
 def adapters_off(model: nn.Module) -> contextlib.AbstractContextManager:

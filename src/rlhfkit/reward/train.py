@@ -22,7 +22,7 @@ from typing import Literal, cast
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from pydantic import Field
 
 from rlhfkit import assets
@@ -209,6 +209,8 @@ def _plain(text: Text) -> str | list:
 def reward(config: RewardConfig) -> Path:
     """Train, normalise, save and evaluate; returns the model directory (see the module docstring)."""
     accelerator = start_run(config, config)
+    if accelerator.distributed_type == DistributedType.FSDP:  # normalisation and save read whole weights on rank 0
+        raise ConfigError("reward models train with DDP, not FSDP: launch with torchrun or configs/accelerate/ddp.yaml")
     output_dir = Path(config.output_dir)
     train, held_out, notes = load_heads(config)
     for note in notes:

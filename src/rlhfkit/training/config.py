@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config import Config
 from rlhfkit.training.trackers import Tracker
@@ -34,9 +34,19 @@ class TrainSettings(Config):
         ["tensorboard"], description="experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow"
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default)")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (GPU)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="autocast precision of forward and backward: no (fp32), bf16 (CPU or GPU; weights and "
+        "optimizer stay fp32, log-probabilities and reward/value heads are computed in fp32) or fp16 (GPUs without "
+        "bf16, with loss scaling)",
+    )
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir")
     overwrite: bool = Field(False, description="start afresh in an output_dir that holds a run, deleting its contents")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        return "no" if value is False else value  # YAML reads an unquoted `no` as false
 
     @model_validator(mode="after")
     def _resume_or_overwrite(self) -> TrainSettings:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import get_scheduler
 
+from rlhfkit.config import ConfigError
 from rlhfkit.training.batching import BatchOrder
 from rlhfkit.training.checkpoint import resume, save_checkpoint, stop_if_diverged
 from rlhfkit.training.config import TrainSettings
@@ -66,6 +68,18 @@ def build_optimizer(
         fused=True,
     )
     return optimizer, get_scheduler(settings.lr_schedule, optimizer, settings.warmup_steps, steps)
+
+
+def prepare_for_fsdp(model: nn.Module) -> None:
+    """Name the transformer layers of every transformers model inside `model` as its `_no_split_modules`, so
+    that FSDP's transformer wrap policy shards each layer alone (it reads them from the prepared module, here
+    a trainer's wrapper); refuse LoRA, whose adapters cannot be merged into sharded weights at the save."""
+    from peft import PeftModel
+
+    if any(isinstance(module, PeftModel) for module in model.modules()):
+        raise ConfigError("LoRA under FSDP is not supported: train LoRA with DDP (configs/accelerate/ddp.yaml)")
+    layers = {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+    model._no_split_modules = sorted(layers)  # type: ignore[assignment]  # a plain attribute, as transformers sets it
 
 
 def accumulate(accelerator: Accelerator, model: nn.Module, micro_losses: Sequence[Callable[[], torch.Tensor]]) -> None:
@@ -116,6 +130,8 @@ class TrainingRun:
         self.settings = settings
         self.steps = steps
         self.output_dir = Path(settings.output_dir)
+        if accelerator.distributed_type == DistributedType.FSDP:
+            prepare_for_fsdp(model)
         optimizer, scheduler = build_optimizer(model, settings, optimizer_steps or steps, learning_rates)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         if checkpointed:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.config import Config, ConfigError, dump_config
@@ -30,6 +30,7 @@ from rlhfkit.training.config import TrainSettings
 from rlhfkit.training.trackers import check_trackers
 
 LAUNCH_HELP = "launch several processes with `torchrun --standalone --nproc_per_node N -m rlhfkit STAGE ...`"
+FSDP_HELP = "launch with configs/accelerate/ddp.yaml, or torchrun, for DDP"
 
 
 def launched_processes() -> int:
@@ -51,6 +52,24 @@ def check_launch(launched: int, joined: int) -> None:
     # `accelerate launch --cpu --num_processes N` (N > 1) runs a single process, with only MASTER_ADDR to show N
     if launched == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ:
         raise ConfigError(f"`accelerate launch --cpu --num_processes N` starts one process: {LAUNCH_HELP}")
+
+
+def fsdp_requested() -> bool:
+    """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
+def check_sharding(accelerator: Accelerator) -> None:
+    """Fail before any output is written if FSDP was asked for but accelerate did not select it.
+
+    accelerate 1.16 selects FSDP only for accelerator devices (AcceleratorState reads ACCELERATE_USE_FSDP in
+    its multi-GPU branch, never in the multi-CPU one), so an FSDP launch without a GPU would silently run DDP.
+    """
+    if fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
+        raise ConfigError(
+            f"FSDP was requested but accelerate set up {accelerator.distributed_type.value}: accelerate runs FSDP "
+            f"on GPUs only (without a GPU it would silently train with DDP); {FSDP_HELP}"
+        )
 
 
 RUN_MARKERS = ("metrics.jsonl", "checkpoints")  # what a run that began training leaves in its output_dir
@@ -149,6 +168,7 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     check_launch(launched, accelerator.num_processes)
+    check_sharding(accelerator)
     if settings.batch_size % accelerator.num_processes:
         raise ConfigError(
             f"batch_size {settings.batch_size} must be divisible by the {accelerator.num_processes} processes"
@@ -161,8 +181,14 @@ def start_run(config: Config, settings: TrainSettings) -> Accelerator:
 def pretrained_saver(
     accelerator: Accelerator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> Callable[[Path], None]:
-    """Saves the trained model with `save_pretrained` (LoRA merged) and its tokenizer."""
-    return lambda output_dir: save_model(accelerator.unwrap_model(model), tokenizer, output_dir)
+    """Saves the trained model with `save_pretrained` (LoRA merged) and its tokenizer.
+
+    Build it on every process: under FSDP (and DeepSpeed) this gathers the full weights from the shards onto
+    the main process (a collective), which then saves them.
+    """
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    weights = accelerator.get_state_dict(model) if sharded else None
+    return lambda output_dir: save_model(accelerator.unwrap_model(model), tokenizer, output_dir, weights)
 
 
 def finish_run(
