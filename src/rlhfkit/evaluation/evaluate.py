@@ -87,6 +87,7 @@ class EvalConfig(Config):
         default_factory=list, description="best-of-n of best_of_policy for each n, e.g. [1, 2, 4, 8] ([]: none)"
     )
     best_of_policy: str | None = Field(None, description="the policy best-of-n samples from (default: the reference)")
+    best_of_limit: int | None = Field(None, ge=1, description="best-of-n on the first N prompts only (None: all)")
     best_of_rewards: list[RewardSource] = Field(
         default_factory=list,
         validate_default=True,
@@ -166,7 +167,8 @@ def best_of_n_points(config: EvalConfig, policy_name: str, prompts: list[Text], 
     policy = load_model(policy_name, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
     reward = CombinedReward(config.best_of_rewards, torch.device(device))
     samples = max(config.best_of)
-    console.print(f"best-of-n: {samples} replies per prompt from {policy_name}")
+    prompts = prompts[: config.best_of_limit]
+    console.print(f"best-of-n: {samples} replies to each of {len(prompts)} prompts from {policy_name}")
     groups = sample_groups(policy, tokenizer, prompts, samples, reward, config.sampling, config.batch_size, config.seed)
     points = []
     for n in sorted(set(config.best_of)):
@@ -178,6 +180,7 @@ def best_of_n_points(config: EvalConfig, policy_name: str, prompts: list[Text], 
     return {
         "policy": policy_name,
         "rewards": reward.names,
+        "prompts": len(prompts),
         "samples_per_prompt": samples,
         "points": points,
     }
