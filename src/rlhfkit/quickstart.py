@@ -91,7 +91,7 @@ class QuickstartConfig(Config):
         description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
     )
     evaluation: EvalConfig = Field(
-        default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[], best_of_limit=64),
+        default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[], best_of_limit=32),
         description="the evaluation of SFT, PPO and DPO (its policies and output are set by the quickstart)",
     )
     best_of: list[Annotated[int, Field(ge=1)]] = Field(
