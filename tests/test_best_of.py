@@ -10,7 +10,7 @@ import torch
 
 from rlhfkit.cli import main
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
-from rlhfkit.evaluation.report import find_runs, frontier_points
+from rlhfkit.evaluation.report import find_runs, frontier_figure, frontier_points
 from rlhfkit.generation.best_of import (
     Groups,
     best_of_n_kl_bound,
@@ -153,3 +153,4 @@ def test_eval_reports_best_of_n_at_its_bound_and_the_report_draws_it(tmp_path: P
     (label, points), *_ = frontier.bounds.items()
     assert "best-of-n" in label and "KL bound" in label
     assert points == [(p["n"], p["kl_bound"], p["gold"]) for p in best["points"]]
+    assert frontier_figure(frontier).startswith("iVBORw0KGgo")  # a PNG, base64
