@@ -1,4 +1,5 @@
-"""`rlhfkit loop` on a tiny model: two PPO rounds, resume after a kill, DPO, and human labels from the app."""
+"""`rlhfkit loop` on a tiny model: two PPO rounds, resume after a kill, DPO, rejection sampling, and human labels
+from the app."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhfkit import loop as loop_module
 from rlhfkit.feedback.store import Store, StoreError
+from rlhfkit.generation.best_of import sample_groups
 from rlhfkit.loop import LoopConfig, draw_prompts, loop
+from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
 
 
 def tiny_config(out: Path, model_dir: Path, **extra) -> LoopConfig:
@@ -149,3 +154,34 @@ def test_prompt_draws_avoid_earlier_rounds_until_the_pool_runs_out():
     third = draw_prompts(10, 4, set(first) | set(second), seed=0, round_index=2)
     assert len(set(third)) == 4 and set(range(10)) - set(first) - set(second) <= set(third)
     assert draw_prompts(10, 4, set(), seed=0, round_index=0) == first  # seeded
+
+
+def test_rejection_sampling_as_the_optimiser_raises_the_reward_model_score_of_the_samples(
+    tmp_path: Path, tiny_model_dir: Path
+):
+    sft = {"max_steps": 20, "batch_size": 6, "micro_batch_size": 6, "learning_rate": 1e-2, "lr_schedule": "constant"}
+    config = tiny_config(
+        tmp_path, tiny_model_dir, rounds=1, samples_per_prompt=4, optimizer="rejection_sampling", rejection_sampling=sft
+    )
+    final = loop(config)
+    assert (final / "config.json").exists() and len(rows(tmp_path / "loop.jsonl")) == 1
+    assert set(json.loads((tmp_path / "state.json").read_text())["rounds"]["0"]) == set(loop_module.PHASES)
+    policy_dir = tmp_path / "round-0" / "policy"
+    best = rows(policy_dir / "best.jsonl")
+    candidates = rows(tmp_path / "round-0" / "generate" / "candidates.jsonl")
+    assert [b["prompt"] for b in best] == [c["prompt"] for c in candidates]
+    assert all(b["completion"] in c["responses"] for b, c in zip(best, candidates, strict=True))
+    selection = json.loads((policy_dir / "selection.json").read_text())
+    assert selection["chosen/score"] > selection["candidates/score"]
+    assert f"model: {tiny_model_dir}" in (policy_dir / "config.yaml").read_text()  # SFT from the current policy
+
+    # fresh samples on the round's prompts, the same seeds for both: the tuned policy's score higher
+    reward = CombinedReward([RewardSource(source=str(tmp_path / "round-0" / "reward"))], torch.device("cpu"))
+    prompts = [c["prompt"] for c in candidates]
+    means = []
+    for model_dir in (tiny_model_dir, policy_dir):
+        tokenizer = load_tokenizer(str(model_dir))
+        model = load_model(str(model_dir), tokenizer).eval()
+        groups = sample_groups(model, tokenizer, prompts, 8, reward, config.candidates, 6, seed=1)
+        means.append(groups.scores.mean().item())
+    assert means[1] > means[0] + 0.1, means  # 0.28 measured (10 SFT steps: 0.19; chosen - all: 0.47)

@@ -63,6 +63,8 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
     evaluation = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert len(evaluation["policies"]) == 3 and len(evaluation["leaderboard"]["standings"]) == 3
     assert evaluation["policies"][str(tmp_path / "sft")]["metrics"]["eval/kl"] == 0  # the reference itself
+    best_of = evaluation["best_of_n"]  # best-of-n of the SFT model by the reward model, on the frontier
+    assert best_of["policy"] == str(tmp_path / "sft") and [p["n"] for p in best_of["points"]] == [1, 2, 4]
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert {"PPO", "DPO", "reward model", "evaluation"} <= set(timings)
     stages = [v for k, v in timings.items() if k != "total"]

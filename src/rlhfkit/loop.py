@@ -7,6 +7,11 @@ policy (PPO against that reward model, or DPO on the labels) from the current po
 the reference, and evaluates it (gold score, KL to the start model, distinct-2 on held-out prompts), one row
 per round in `loop.jsonl`.
 
+`optimizer: rejection_sampling` is rejection-sampling fine-tuning (Touvron et al. 2023, Llama 2, §3.2.3;
+RAFT, arXiv:2304.06767; ReST, arXiv:2308.08998): of the K replies the round sampled from the current policy
+for each prompt, the one the round's reward model scores highest (`generation.best_of`) becomes an SFT
+example, and the SFT stage tunes the current policy on them (`policy/best.jsonl`, `policy/selection.json`).
+
 The reward model is retrained each round from the start model on all labels so far, not fine-tuned from the
 previous round's: the same recipe every round, so a round's reward model depends only on the labels.
 
@@ -26,8 +31,9 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import torch
 from pydantic import Field
 from rich.console import Console
 
@@ -35,11 +41,12 @@ from rlhfkit import assets
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.convert import best_vs_worst
 from rlhfkit.data.readers import Row
-from rlhfkit.data.records import load_records, read_prompts
+from rlhfkit.data.records import CandidatesRecord, load_records, read_prompts
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.policy import evaluate_policy
 from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
 from rlhfkit.feedback.tasks import TASKS
+from rlhfkit.generation.best_of import Groups, score_groups
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.labeling.simulated import LabelConfig, simulate
@@ -48,7 +55,8 @@ from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.rlaif.preferences import AILabelConfig, label_ai
 from rlhfkit.scores import gold_function
-from rlhfkit.scoring.sources import RewardSource
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
+from rlhfkit.sft.train import SFTConfig, sft
 
 console = Console()
 
@@ -88,7 +96,11 @@ class LoopConfig(Config):
         default_factory=lambda: RewardConfig(epochs=1, learning_rate=1e-3, warmup_steps=5, eval_every=0),
         description="the reward model, retrained from `model` each round on all labels so far",
     )
-    optimizer: Literal["ppo", "dpo"] = Field("ppo", description="ppo (against the round's reward model) or dpo")
+    optimizer: Literal["ppo", "dpo", "rejection_sampling"] = Field(
+        "ppo",
+        description="ppo (against the round's reward model), dpo, or rejection_sampling (SFT on the best of K "
+        "by the round's reward model)",
+    )
     ppo: PPOConfig = Field(
         default_factory=lambda: PPOConfig(max_steps=10, batch_size=16, learning_rate=3e-5, eval_every=0),
         description="PPO each round on the round's prompts (model, ref_model, rewards set by the loop)",
@@ -96,6 +108,10 @@ class LoopConfig(Config):
     dpo: DPOConfig = Field(
         default_factory=lambda: DPOConfig(epochs=1, learning_rate=1e-4, eval_every=0, log_every=10),
         description="DPO each round on all labels so far, best-vs-worst pair of each ranking",
+    )
+    rejection_sampling: SFTConfig = Field(
+        default_factory=lambda: SFTConfig(epochs=2, learning_rate=1e-4, eval_fraction=0, eval_every=0, log_every=10),
+        description="SFT each round on the best of each prompt's K replies (model, data, output_dir set by the loop)",
     )
     eval_prompts: str = Field("demo-prompts", description="held-out prompts for each round's evaluation")
     eval_size: int = Field(32, ge=1, description="held-out prompts evaluated (the first N)")
@@ -235,6 +251,14 @@ class Loop:
         )
 
     def optimise(self, round_index: int, out: Path) -> None:
+        if self.config.optimizer == "rejection_sampling":
+            data = str(self.best_candidates(round_index, out))
+            sft(
+                self.config.rejection_sampling.model_copy(
+                    update={"model": self.policy(round_index), "data": data, "output_dir": str(out)}
+                )
+            )
+            return
         update: dict[str, Any] = {
             "model": self.policy(round_index),
             "ref_model": self.config.model,
@@ -253,6 +277,34 @@ class Loop:
         dpo(
             self.config.dpo.model_copy(update=update | {"data": str(labels), "data_kind": kind, "ref_cache_dir": cache})
         )
+
+    def best_candidates(self, round_index: int, out: Path) -> Path:
+        """`out/best.jsonl`: each prompt's best candidate by the round's reward model, as SFT records; the mean
+        score of all candidates and of the chosen ones in `out/selection.json`."""
+        records = cast(
+            list[CandidatesRecord],
+            load_records(self.dir(round_index, "generate") / "candidates.jsonl", "candidates"),
+        )
+        prompts = [r.prompt for r in records]
+        texts = [cast(list[str], r.responses) for r in records]  # `rlhfkit generate` writes text replies
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        reward = CombinedReward([RewardSource(source=str(self.dir(round_index, "reward")))], device)
+        groups = Groups(texts, score_groups(reward, prompts, texts))
+        best, scores = groups.best(self.config.samples_per_prompt)
+        output = out / "best.jsonl"
+        output.write_text(
+            "".join(
+                json.dumps({"prompt": _plain(p), "completion": t, "score": s}) + "\n"
+                for p, t, s in zip(prompts, best, scores.tolist(), strict=True)
+            )
+        )
+        selection = {"candidates/score": groups.scores.mean().item(), "chosen/score": scores.mean().item()}
+        _write_json(out / "selection.json", selection)
+        console.print(
+            f"rejection sampling: best of {self.config.samples_per_prompt} by the reward model, "
+            f"score {selection['candidates/score']:.3f} (all) -> {selection['chosen/score']:.3f} (chosen)"
+        )
+        return output
 
     def evaluate(self, round_index: int, out: Path) -> None:
         config = self.config

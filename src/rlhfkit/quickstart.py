@@ -6,7 +6,8 @@ from the SFT model, ranked by a simulated labeler who prefers positive sentiment
 model trained on those rankings, with its accuracy on held-out prompts; then PPO against that reward model
 and DPO on the best-vs-worst pair of each ranking; then SFT, PPO and DPO continuations of the same
 held-out openings side by side, `rlhfkit eval` of the three (gold sentiment, KL to the SFT model, diversity,
-win-rates, a Bradley-Terry leaderboard, calibration on the cloze probe) and `rlhfkit report`'s HTML page.
+win-rates, a Bradley-Terry leaderboard, calibration on the cloze probe, and best-of-n of the SFT model by the
+reward model at its KL bound) and `rlhfkit report`'s HTML page.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field
@@ -90,8 +91,11 @@ class QuickstartConfig(Config):
         description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
     )
     evaluation: EvalConfig = Field(
-        default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[]),
+        default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[], best_of_limit=32),
         description="the evaluation of SFT, PPO and DPO (its policies and output are set by the quickstart)",
+    )
+    best_of: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 2, 4], description="best-of-n of the SFT model by the reward model, evaluated for each n ([]: none)"
     )
 
 
@@ -198,6 +202,8 @@ def quickstart(config: QuickstartConfig) -> None:
                     "policies": [str(path) for path in policies.values()],
                     "reference": str(sft_dir),
                     "reward_models": [str(reward_dir)],
+                    "best_of": config.best_of,
+                    "best_of_rewards": [RewardSource(source=str(reward_dir))],
                     "output_dir": str(output_dir / "eval"),
                 }
             )

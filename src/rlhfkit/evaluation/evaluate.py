@@ -12,6 +12,11 @@ are less noisy). For each policy:
   every prompt, with bootstrap intervals (`evaluation.leaderboard`);
 - with a `probe`, expected calibration error and reliability bins on it (`evaluation.calibration`).
 
+With `best_of: [1, 2, 4, 8]` and `best_of_rewards`, best-of-n of one policy (default: the reference) for
+each n: max(n) replies per prompt, the best of the first n by the rewards (`generation.best_of`), with its
+gold and reward scores, the analytic KL bound log n - (n - 1)/n (Stiennon et al. 2020) and a plug-in
+estimate of the KL from the samples; `rlhfkit report` puts it on the reward-vs-KL frontier at the bound.
+
 Writes `eval.json` and `samples.jsonl` (one row per prompt: the prompt and each policy's reply, a candidates
 record that `rlhfkit label ai` reads) into `output_dir`; `rlhfkit report` draws them.
 """
@@ -21,10 +26,10 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -36,10 +41,12 @@ from rlhfkit.evaluation.calibration import ProbeItem, load_probe, probe_calibrat
 from rlhfkit.evaluation.leaderboard import leaderboard
 from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
 from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
+from rlhfkit.generation.best_of import best_of_n_kl_bound, sample_groups
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.models.reward_ensemble import load_reward_model
 from rlhfkit.scores import GoldFunction, Judgements, gold_function
+from rlhfkit.scoring.sources import CombinedReward, RewardSource
 
 console = Console()
 
@@ -76,6 +83,26 @@ class EvalConfig(Config):
     )
     bins: int = Field(10, ge=1, description="calibration bins")
     output_dir: str = Field("runs/eval", description="where eval.json and samples.jsonl go")
+    best_of: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="best-of-n of best_of_policy for each n, e.g. [1, 2, 4, 8] ([]: none)"
+    )
+    best_of_policy: str | None = Field(None, description="the policy best-of-n samples from (default: the reference)")
+    best_of_limit: int | None = Field(None, ge=1, description="best-of-n on the first N prompts only (None: all)")
+    best_of_rewards: list[RewardSource] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="what best-of-n picks by: [{source: DIR or function, weight, heads}], as PPO's rewards",
+    )
+
+    @field_validator("best_of_rewards")
+    @classmethod
+    def _rewards_with_best_of(cls, rewards: list[RewardSource], info: ValidationInfo) -> list[RewardSource]:
+        best_of = info.data.get("best_of")
+        if best_of and not rewards:
+            raise ValueError(
+                f"best_of={best_of} needs a reward to choose by; e.g. best_of_rewards=[{{source: runs/reward}}]"
+            )
+        return rewards
 
 
 def player_names(config: EvalConfig) -> list[str]:
@@ -133,6 +160,32 @@ def reward_model_scores(paths: list[str], prompts: list[Text], texts: dict[str, 
     return scores
 
 
+def best_of_n_points(config: EvalConfig, policy_name: str, prompts: list[Text], gold: GoldFunction | None) -> dict:
+    """Best-of-n of `policy_name` for each n of `config.best_of`, from max(n) seeded replies per prompt."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(policy_name)
+    policy = load_model(policy_name, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
+    reward = CombinedReward(config.best_of_rewards, torch.device(device))
+    samples = max(config.best_of)
+    prompts = prompts[: config.best_of_limit]
+    console.print(f"best-of-n: {samples} replies to each of {len(prompts)} prompts from {policy_name}")
+    groups = sample_groups(policy, tokenizer, prompts, samples, reward, config.sampling, config.batch_size, config.seed)
+    points = []
+    for n in sorted(set(config.best_of)):
+        texts, scores = groups.best(n)
+        point = {"n": n, "kl_bound": best_of_n_kl_bound(n), "kl_estimate": groups.kl_estimate(n)}
+        if gold is not None:
+            point["gold"] = sum(gold(p, t) for p, t in zip(prompts, texts, strict=True)) / len(texts)
+        points.append(point | {"reward": scores.mean().item()})
+    return {
+        "policy": policy_name,
+        "rewards": reward.names,
+        "prompts": len(prompts),
+        "samples_per_prompt": samples,
+        "points": points,
+    }
+
+
 def evaluate(config: EvalConfig) -> Path:
     """Evaluate every policy (module docstring); returns the path of `eval.json`."""
     names = player_names(config)
@@ -157,6 +210,8 @@ def evaluate(config: EvalConfig) -> Path:
         "gold": config.gold,
         "policies": results,
     }
+    if config.best_of:
+        out["best_of_n"] = best_of_n_points(config, config.best_of_policy or names[0], prompts, gold)
     if config.leaderboard and len(names) > 1:
         games = judgements_of(names, judged)
         standings = leaderboard(names, games, config.bootstrap, config.confidence, config.prior, config.seed)
@@ -226,3 +281,16 @@ def print_summary(out: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print("policies: " + ", ".join(f"{short[name]} = {name}" for name in out["policies"]))
+    if "best_of_n" in out:
+        print_best_of_n(out["best_of_n"])
+
+
+def print_best_of_n(best: dict[str, Any]) -> None:
+    """One row per n: gold, reward, the KL bound and the plug-in estimate (nats per response)."""
+    table = Table(title=f"best-of-n of {best['policy']} by {' + '.join(best['rewards'])}", box=box.SIMPLE_HEAD)
+    for column in ("n", "gold", "reward", "KL bound", "KL est."):
+        table.add_column(column, justify="right")
+    for p in best["points"]:
+        gold = f"{p['gold']:.3f}" if "gold" in p else "-"
+        table.add_row(str(p["n"]), gold, f"{p['reward']:.3f}", f"{p['kl_bound']:.3f}", f"{p['kl_estimate']:.3f}")
+    console.print(table)

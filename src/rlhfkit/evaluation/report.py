@@ -10,7 +10,8 @@ quickstart or loop directory). The page shows, each in a section with a fixed id
 - `losses`: every training run's losses (training and held-out) per step;
 - `reward-kl`: reward (and gold) and KL per step, one figure per run that logs them, flagged steps shaded;
 - `frontier`: gold (else reward-model) score against KL per response, every run and evaluated policy on one
-  plot: the reward-vs-KL frontier of the DPO paper's sentiment figure (Rafailov et al. 2023, figure 2);
+  plot: the reward-vs-KL frontier of the DPO paper's sentiment figure (Rafailov et al. 2023, figure 2), with
+  `rlhfkit eval`'s best-of-n drawn at its analytic KL bound log n - (n - 1)/n;
 - `leaderboard`: the Bradley-Terry standings with their intervals and the win-rates, from `eval.json`;
 - `calibration`: reliability diagrams, from `eval.json`;
 - `samples`: replies side by side: each evaluated policy's reply to the same prompt, and each training
@@ -169,11 +170,13 @@ def steps_figure(run: Run) -> str:
 
 @dataclass
 class Frontier:
-    """Points (KL per response, score): a line per training run, a star per evaluated policy."""
+    """Points (KL per response, score): a line per training run, a star per evaluated policy, and a dashed
+    line per best-of-n evaluation at its KL bound, each point (n, bound, score)."""
 
     y_label: str
     lines: dict[str, list[tuple[float, float]]]
     stars: dict[str, tuple[float, float]]
+    bounds: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
 
 
 def frontier_points(runs: list[Run]) -> Frontier:
@@ -204,6 +207,11 @@ def frontier_points(runs: list[Run]) -> Frontier:
             value = metrics.get("eval/gold") if has_gold else (rewards[0] if rewards else None)
             if value is not None and "eval/kl_per_response" in metrics:
                 frontier.stars[f"{run.name}: {name}"] = (metrics["eval/kl_per_response"], value)
+        best = (run.evaluation or {}).get("best_of_n")
+        if best is not None:
+            label = f"{run.name}: best-of-n of {best['policy']} (KL bound)"
+            at_bound = [(p["n"], p["kl_bound"], p[score]) for p in best["points"] if score in p]
+            frontier.bounds |= {label: at_bound} if at_bound else {}
     return frontier
 
 
@@ -219,6 +227,10 @@ def frontier_figure(frontier: Frontier) -> str:
         ax.scatter(xs[-1:], ys[-1:], color=line.get_color(), s=40, edgecolor="black", zorder=3)
     for name, (x, y) in frontier.stars.items():
         ax.scatter([x], [y], marker="*", s=110, label=name, zorder=4)
+    for name, at_bound in frontier.bounds.items():
+        ax.plot([p[1] for p in at_bound], [p[2] for p in at_bound], linestyle="--", marker="D", ms=4, label=name)
+        for n, x, y in at_bound:
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set(xlabel="KL(π ‖ π_ref), nats per response", ylabel=frontier.y_label)
     ax.set_title(f"{frontier.y_label} against KL", fontsize=10)
     ax.grid(alpha=0.3)
@@ -338,11 +350,12 @@ def reward_kl_section(runs: list[Run]) -> str:
 
 def frontier_section(runs: list[Run]) -> str:
     frontier = frontier_points(runs)
-    if not frontier.lines and not frontier.stars:
+    if not frontier.lines and not frontier.stars and not frontier.bounds:
         return section("frontier", "Reward against KL", note("no run logs both a KL and a score"))
     text = note(
         "Lines: a training run's held-out evaluations (or its rollouts, averaged in stretches), the last point "
-        "ringed; stars: policies evaluated by rlhfkit eval. Up and to the left is better."
+        "ringed; stars: policies evaluated by rlhfkit eval; dashed: best-of-n at its analytic KL bound "
+        "log n - (n - 1)/n, an upper bound on its KL. Up and to the left is better."
     )
     return section("frontier", "Reward against KL", text + img(frontier_figure(frontier), "reward against KL"))
 
