@@ -154,9 +154,9 @@ def test_whole_number():
     assert whole_number("3.") == 3 and whole_number("3.5") is None
 
 
-def test_ppo_with_a_checker_raises_accuracy(tmp_path: Path):
-    """tiny-austen says "her" or "was" in about one 12-token reply in five: PPO on the checker alone
-    makes it say the prompt's word more often on held-out prompts."""
+def test_grpo_with_a_checker_raises_accuracy(tmp_path: Path):
+    """tiny-austen says "her" or "was" in about one 12-token reply in five: GRPO on the checker alone
+    (8 replies per prompt, no critic, no reference) makes it say the prompt's word more often on held-out prompts."""
     prompts = [json.loads(line)["prompt"] for line in Path(assets.resolve("demo-prompts")).read_text().splitlines()]
     rows = [{"prompt": p, "answer": ("her", "was")[i % 2]} for i, p in enumerate(prompts[:320])]
     train, heldout = (
@@ -168,7 +168,8 @@ def test_ppo_with_a_checker_raises_accuracy(tmp_path: Path):
             "model": "tiny-austen", "prompts": train, "eval_prompts": heldout, "eval_size": 64,
             "rewards": [{"source": "contains"}], "output_dir": str(tmp_path / "out"), "log_every": 1,
             "batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16, "ppo_epochs": 2, "max_steps": 8,
-            "learning_rate": 3e-4, "critic": "shared", "sampling": {"max_new_tokens": 12}, "num_threads": 2,
+            "learning_rate": 3e-4, "algo": "grpo", "group_size": 8, "kl_coef": 0.0, "sampling": {"max_new_tokens": 12},
+            "num_threads": 2,
         }
     )  # fmt: skip
     logged = [json.loads(line) for line in (ppo(config) / "metrics.jsonl").read_text().splitlines()]
