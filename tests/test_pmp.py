@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit.cli import main
 from rlhfkit.data.readers import DataError
 from rlhfkit.data.records import load_records
 from rlhfkit.reward.pmp import CORRUPTIONS, PMPBuildConfig, build
@@ -128,3 +129,13 @@ def test_too_few_pmp_comparisons_are_refused_before_anything_is_written(tmp_path
     ):
         reward(config)
     assert not (tmp_path / "rm").exists()
+
+
+def test_the_cli_builds_comparisons_and_reports_bad_rows(tmp_path: Path, capsys):
+    source = write_jsonl(tmp_path / "scored.jsonl", [{"prompt": "A?", "response": " x", "score": None}])
+    output = tmp_path / "pairs.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pmp", "build", "--set", f"source={source}", "--set", f"output={output}"])
+    assert exit_info.value.code == 2
+    assert "scored.jsonl:1: field 'score': a finite number is needed (got None)" in capsys.readouterr().err
+    assert not output.exists()
