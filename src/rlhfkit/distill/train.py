@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import torch
 from accelerate import Accelerator
@@ -26,7 +27,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit import assets
 from rlhfkit.data.convert import split_by_prompt
 from rlhfkit.data.readers import DataError, read_rows
-from rlhfkit.data.records import Text, validate_record
+from rlhfkit.data.records import PromptRecord, Text, validate_record
 from rlhfkit.distill.context import PromptRow, as_messages, check_window, load_context, prompt_ids
 from rlhfkit.distill.losses import context_distillation_kl
 from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
@@ -97,7 +98,7 @@ def read_prompt_rows(config: DistillConfig) -> tuple[list[PromptRow], list[str] 
     """The prompts with their locations, and the given replies (one per prompt) if `replies` is set."""
     if config.replies is None:
         rows = [
-            PromptRow(validate_record(row.data, "prompt", row.location).prompt, row.location)
+            PromptRow(cast(PromptRecord, validate_record(row.data, "prompt", row.location)).prompt, row.location)
             for row in read_rows(assets.resolve(config.prompts))
         ]
         if not rows:
@@ -107,7 +108,9 @@ def read_prompt_rows(config: DistillConfig) -> tuple[list[PromptRow], list[str] 
     for record, location in records:
         if record.prompt is None or not isinstance(record.completion, str):
             raise DataError(f"{location}: field 'completion': distillation replies need `prompt` and a text completion")
-    return [PromptRow(r.prompt, loc) for r, loc in records], [str(r.completion) for r, _ in records]
+    if not records:
+        raise DataError(f"{config.replies}: no replies")
+    return [PromptRow(cast(Text, r.prompt), loc) for r, loc in records], [str(r.completion) for r, _ in records]
 
 
 def with_reply(tokenizer: PreTrainedTokenizerBase, row: PromptRow, context: list, reply: list[int]) -> Example:
@@ -278,7 +281,7 @@ def write_eval(
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     kls = [m["eval/kl"] for m in logged if "eval/kl" in m]
     gold = gold_function(config.gold)
-    prompted = [gold(e.prompt, tokenizer.decode(e.reply, skip_special_tokens=True)) for e in held_out]
+    prompted = [gold(e.prompt, str(tokenizer.decode(e.reply, skip_special_tokens=True))) for e in held_out]
     student.eval()
     gold_after, _ = student_gold(student, tokenizer, [e.row for e in held_out], config)
     metrics = {

@@ -106,7 +106,7 @@ def corpus_comparisons(config: PMPBuildConfig) -> list[dict[str, Any]]:
             "need two or more to derive comparisons"
         )
     rng = random.Random(config.seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     while len(rows) < config.comparisons:
         words, other = rng.sample(paragraphs, 2)
         n_prompt, n_reply = rng.randint(*config.prompt_words), rng.randint(*config.reply_words)
