@@ -13,6 +13,8 @@ BUILTIN = {
     "red-team": "demo/red-team.jsonl",  # 20 hand-written harmful requests for `rlhfkit cai revise` (prompt)
     "cloze-probe": "demo/cloze.jsonl",  # which-word-comes-next items from held-out Austen (calibration)
     "constitution": "constitution.yaml",  # the principles of the AI labeler (rlhfkit label ai, cai revise)
+    "hhh-context": "hhh-context.yaml",  # a helpful, honest, harmless preamble and dialogues (rlhfkit distill)
+    "hhh-prompts": "demo/hhh-prompts.jsonl",  # 48 everyday requests, a few harmful (chat prompt records)
 }
 
 

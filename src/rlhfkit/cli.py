@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from rlhfkit.config import Config, UserError, config_help, load_config
 from rlhfkit.control.train import ControlConfig, control
+from rlhfkit.distill.train import DistillConfig, distill
 from rlhfkit.dpo.train import DPOConfig, dpo
 from rlhfkit.evaluation.evaluate import EvalConfig, evaluate
 from rlhfkit.evaluation.report import ReportConfig, report
@@ -28,6 +29,7 @@ from rlhfkit.loop import LoopConfig, loop
 from rlhfkit.ppo.train import GRPOConfig, PPOConfig, RLOOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
+from rlhfkit.reward.pmp import PMPBuildConfig, build
 from rlhfkit.reward.train import RewardConfig, reward
 from rlhfkit.rlaif import AgreementConfig, AILabelConfig, ReviseConfig, agreement, label_ai, revise
 from rlhfkit.scoring.arithmetic import write_task
@@ -44,6 +46,8 @@ label_app = typer.Typer(
     help="Labels for sampled replies: simulated labelers, AI judges, agreement.", no_args_is_help=True
 )
 app.add_typer(label_app, name="label")
+pmp_app = typer.Typer(help="Preference-model pretraining: cheap automatic comparisons.", no_args_is_help=True)
+app.add_typer(pmp_app, name="pmp")
 cai_app = typer.Typer(help="Constitutional AI: critique and revise with written principles.", no_args_is_help=True)
 app.add_typer(cai_app, name="cai")
 
@@ -147,6 +151,13 @@ def _reward(config: RewardConfig) -> None:
     reward(config)
 
 
+@stage_command(
+    "build", PMPBuildConfig, "Comparisons for PMP: corrupted corpus text, or scored replies by score.", pmp_app
+)
+def _pmp_build(config: PMPBuildConfig) -> None:
+    print(build(config))
+
+
 @stage_command("ppo", PPOConfig, "RL against reward models: PPO (or A2C) with a KL penalty to the reference, PPO-ptx.")
 def _ppo(config: PPOConfig) -> None:
     print(ppo(config))
@@ -177,6 +188,13 @@ def _loop(config: LoopConfig) -> None:
 @stage_command("dpo", DPOConfig, "Learn straight from preferences: DPO, cDPO, IPO, SLiC hinge, KTO (no reward model).")
 def _dpo(config: DPOConfig) -> None:
     dpo(config)
+
+
+@stage_command(
+    "distill", DistillConfig, "Context distillation: train the model to answer as if a long HHH context were there."
+)
+def _distill(config: DistillConfig) -> None:
+    print(distill(config))
 
 
 @stage_command("eval", EvalConfig, "Evaluate checkpoints: gold, reward, KL, win-rate, leaderboard, calibration.")

@@ -29,7 +29,21 @@ def target_logprobs(
     positions never pay for the (tokens x vocabulary) projection and softmax. Shared by SFT (a sum over
     the batch) and the preference losses (a sum per sequence).
     """
+    logits, trained = target_logits(backbone, head, input_ids, attention_mask, loss_mask)
+    return token_logprobs(logits, input_ids[:, 1:][trained]), trained
+
+
+def target_logits(
+    backbone: nn.Module,
+    head: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits predicting every trained target, (N, V) in row-major order, and the (B, T-1) trained mask.
+
+    Only the positions whose next token is trained go through the output layer (see `target_logprobs`).
+    """
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     trained = loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 a training target?
-    logits = head(hidden[:, :-1][trained])  # (N, V) for the N trained targets only
-    return token_logprobs(logits, input_ids[:, 1:][trained]), trained
+    return head(hidden[:, :-1][trained]), trained

@@ -2,7 +2,9 @@
 
 The pipeline: load each head's comparisons and hold some prompts out → for each ensemble member, train on
 the data (a bootstrap resample for ensembles) → fit the normalisation on reference responses → save →
-evaluate on the held-out comparisons and write `eval.json` next to the model.
+evaluate on the held-out comparisons and write `eval.json` next to the model. With preference-model
+pretraining (`pmp.data`, Askell et al. 2021, section 4), every member starts from a model first trained
+the same way on the PMP comparisons (into output_dir/pmp, see `pmp.py`), then fine-tuned on the labels.
 
 One batch element is one comparison (a pair, or a whole K-way ranking with each reply forwarded once).
 Under DDP (`accelerate launch`) every process takes batch_size / world comparisons of each global batch;
@@ -53,6 +55,16 @@ class HeadData(Config):
     weight: float = Field(1.0, description="default weight of this head in the combined reward")
 
 
+class PMPPhase(Config):
+    """Preference-model pretraining: cheap automatic comparisons trained on before the human labels."""
+
+    data: str | None = Field(None, description="comparisons to pretrain on first (`rlhfkit pmp build`); None: no PMP")
+    kind: Literal["preference", "ranking", "rating"] = Field("preference", description="record kind of `data`")
+    model: str | None = Field(None, description="start from this PMP reward model (a run's pmp/) instead of `data`")
+    epochs: float = Field(1.0, gt=0, description="passes over the PMP comparisons")
+    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate of the PMP phase")
+
+
 class RewardConfig(TrainSettings):
     """A reward model r(x, y) trained on labelers' comparisons, one scalar head per objective."""
 
@@ -72,6 +84,7 @@ class RewardConfig(TrainSettings):
     )
     normalize_samples: int = Field(1024, ge=0, description="reference replies for gain and bias (0: no normalising)")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters on the backbone")
+    pmp: PMPPhase = Field(default_factory=PMPPhase, description="preference-model pretraining before the labels")
     output_dir: str = Field("runs/reward", description="where the model, eval.json and metrics.jsonl go")
     learning_rate: float = Field(5e-5, gt=0, description="peak AdamW learning rate")
     epochs: float = Field(1.0, gt=0, description="passes over the comparisons (InstructGPT: 1; more overfits)")
@@ -206,13 +219,81 @@ def _plain(text: Text) -> str | list:
     return text if isinstance(text, str) else [m.model_dump() for m in text]
 
 
+PMP_DIR = "pmp"  # the PMP phase's model, metrics and eval.json, inside output_dir
+
+
+def check_pmp(config: RewardConfig) -> None:
+    """Refuse a PMP phase that cannot run, before anything is written: two sources, several heads, too few
+    comparisons (less than a batch that says which reply is better) or no saved model."""
+    pmp = config.pmp
+    if pmp.data is not None and pmp.model is not None:
+        raise ConfigError("pmp.data trains a PMP model and pmp.model names a trained one: set one of them")
+    if (pmp.data or pmp.model) and len(config.heads) > 1:
+        raise ConfigError(f"pmp: pretrains one reward head, and heads has {len(config.heads)}")
+    if pmp.model is not None and not (Path(pmp.model) / CONFIG_FILE).exists():
+        raise ConfigError(f"pmp.model: {pmp.model} is not a reward model directory (no {CONFIG_FILE})")
+    if pmp.data is not None:
+        usable = sum(c.informative_pairs() > 0 for c in load_comparisons(pmp.data, pmp.kind))
+        if usable < config.batch_size:
+            raise DataError(
+                f"pmp.data: {assets.resolve(pmp.data)}: {usable} comparisons say which reply is better (fields "
+                f"'chosen'/'rejected', 'ranks' or 'score' differ), fewer than one batch ({config.batch_size}): "
+                "build more with `rlhfkit pmp build`"
+            )
+
+
+def pmp_phase(config: RewardConfig) -> RewardConfig:
+    """The PMP phase: the same backbone and head trained on the PMP comparisons, into output_dir/pmp."""
+    name, head = next(iter(config.heads.items()))
+    return config.model_copy(
+        update={
+            "heads": {name: HeadData(data=config.pmp.data, kind=config.pmp.kind, weight=head.weight)},
+            "epochs": config.pmp.epochs,
+            "learning_rate": config.pmp.learning_rate,
+            "max_steps": None,
+            "ensemble": 1,
+            "normalize_samples": 0,
+            "pmp": PMPPhase(),
+            "output_dir": str(Path(config.output_dir) / PMP_DIR),
+        }
+    )
+
+
+def pretrained_start(config: RewardConfig) -> Path | None:
+    """The PMP reward model the members start from: pmp.model, or trained now on pmp.data; None: no PMP."""
+    if config.pmp.model is not None:
+        return Path(config.pmp.model)
+    if config.pmp.data is None:
+        return None
+    phase = pmp_phase(config)
+    if config.resume and (Path(phase.output_dir) / CONFIG_FILE).exists():  # finished before the interruption
+        return Path(phase.output_dir)
+    return reward(phase)
+
+
+def initial_model(config: RewardConfig, names: list[str], start: Path | None) -> RewardModel:
+    """A new reward model on `config.model`, or (PMP) the pretrained one, fine-tuned whole."""
+    if start is None:
+        weights = {n: h.weight for n, h in config.heads.items()}
+        return RewardModel.from_pretrained(
+            config.model, names, config.backbone, config.max_length, weights, config.lora
+        )
+    model = RewardModel.load(start).train()
+    if model.head_names != names:
+        raise ConfigError(f"pmp: {start} has heads {model.head_names}, and this run trains {names}")
+    model.max_length = config.max_length
+    return model
+
+
 def reward(config: RewardConfig) -> Path:
     """Train, normalise, save and evaluate; returns the model directory (see the module docstring)."""
+    check_pmp(config)
     accelerator = start_run(config, config)
     if accelerator.distributed_type == DistributedType.FSDP:  # normalisation and save read whole weights on rank 0
         raise ConfigError("reward models train with DDP, not FSDP: launch with torchrun or configs/accelerate/ddp.yaml")
     output_dir = Path(config.output_dir)
     train, held_out, notes = load_heads(config)
+    start = pretrained_start(config)
     for note in notes:
         accelerator.print(f"[data] {note}")
     names = list(config.heads)
@@ -229,14 +310,7 @@ def reward(config: RewardConfig) -> Path:
             continue
         seed = config.seed + m
         set_seed(seed)
-        model = RewardModel.from_pretrained(
-            config.model,
-            names,
-            config.backbone,
-            config.max_length,
-            {n: h.weight for n, h in config.heads.items()},
-            config.lora,
-        )
+        model = initial_model(config, names, start)
         member = config.model_copy(update={"output_dir": str(member_dir), "seed": seed})
         data = train if config.ensemble == 1 else bootstrap(train, seed)
         result = train_member(model, data, held_out, member, accelerator)
