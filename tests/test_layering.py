@@ -19,7 +19,19 @@ SRC = Path(rlhfkit.__file__).parent
 
 # Top-level modules and packages of src/rlhfkit/, by layer. Every one must be listed.
 SHARED = {"assets", "config", "data", "generation", "judging", "models", "ops", "scores", "scoring", "training"}
-STAGES = {"control", "dpo", "evaluation", "feedback", "labeling", "ppo", "pretrain", "reward", "rlaif", "sft"}
+STAGES = {
+    "control",
+    "dpo",
+    "evaluation",
+    "feedback",
+    "labeling",
+    "offline",
+    "ppo",
+    "pretrain",
+    "reward",
+    "rlaif",
+    "sft",
+}
 # run stages one after another through their public entry points; `tutorials` reuse a stage's pure maths
 PIPELINES = {"loop", "quickstart", "tutorials"}
 ENTRY = {"__init__", "__main__", "cli"}

@@ -25,6 +25,7 @@ from rlhfkit.feedback import cli as feedback_cli
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.loop import LoopConfig, loop
+from rlhfkit.offline.train import OfflineConfig, offline
 from rlhfkit.ppo.train import PPOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
@@ -164,6 +165,11 @@ def _loop(config: LoopConfig) -> None:
 @stage_command("dpo", DPOConfig, "Learn straight from preferences: DPO, cDPO, IPO, SLiC hinge, KTO (no reward model).")
 def _dpo(config: DPOConfig) -> None:
     dpo(config)
+
+
+@stage_command("offline", OfflineConfig, "Offline RL on scored replies, no reward model queried: ILQL, or AWR.")
+def _offline(config: OfflineConfig) -> None:
+    print(offline(config))
 
 
 @stage_command("eval", EvalConfig, "Evaluate checkpoints: gold, reward, KL, win-rate, leaderboard, calibration.")

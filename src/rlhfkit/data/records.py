@@ -213,6 +213,16 @@ class RatingRecord(Record):
     flags: list[InstructGPTFlag] = []
 
 
+class ScoredRecord(Record):
+    """One reply with a scalar reward (any scale: a reward model's score, a gold function's), as offline RL
+    (`rlhfkit offline`) learns from."""
+
+    _text_fields = ("prompt", "response")
+    prompt: Text
+    response: Text
+    reward: float = Field(allow_inf_nan=False)
+
+
 class UnpairedRecord(Record):
     """A single reply judged good (`label` true, thumbs up) or bad, as KTO trains on; 1/0 are accepted."""
 
@@ -240,6 +250,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "unpaired": UnpairedRecord,
     "edit": EditRecord,
     "candidates": CandidatesRecord,
+    "scored": ScoredRecord,
 }
 
 
