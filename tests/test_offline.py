@@ -112,9 +112,7 @@ def test_advantage_perturbed_samples_score_higher_on_the_reward_than_the_base(tm
     replies of higher VADER score than the same LM without the perturbation (β = 0, same per-row seeds).
     The reward reaches the word's Q through V of the state after it (Q(s₀, w) ← γ·V(s₁) ← Q̂(s₁, EOS) ← R)."""
     prompts = ["She was", "He felt", "They were", "Emma was", "It was", "The party was", "Her mother was", "I am"]
-    rows = [
-        {"prompt": p, "response": r, "reward": vader(p, r)} for p in prompts for r in POSITIVE + NEGATIVE
-    ]
+    rows = [{"prompt": p, "response": r, "reward": vader(p, r)} for p in prompts for r in POSITIVE + NEGATIVE]
     out = offline(
         OfflineConfig(model="tiny-austen", data=str(write_jsonl(tmp_path / "d.jsonl", rows)),
                       output_dir=str(tmp_path / "ilql"), max_steps=60, batch_size=16, micro_batch_size=16,
