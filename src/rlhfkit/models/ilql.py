@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -77,7 +78,7 @@ class AdvantagePerturbedHead(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:  # transformers reads the output layer's weight (e.g. its vocabulary size)
-        return self.lm_head.weight
+        return cast(torch.Tensor, self.lm_head.weight)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden)

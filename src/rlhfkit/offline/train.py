@@ -125,7 +125,7 @@ def train_offline(
     set_seed(config.seed)
     order = BatchOrder(data.lengths, config.batch_size, config.seed, config.group_by_length)
     heads = objective.heads
-    rates = {heads: config.head_learning_rate} if heads is not None else None
+    rates: dict[nn.Module, float] | None = {heads: config.head_learning_rate} if heads is not None else None
     run = TrainingRun(accelerator, config, objective, total_steps(config, order), learning_rates=rates)
     device = accelerator.device
     per_reply = (
