@@ -263,7 +263,7 @@ def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data", EXAMPLES["sft"])
     assert error_of(lambda: load_records(path, "dpo")) == (
         "unknown record kind 'dpo'; expected one of: "
-        "prompt, sft, preference, ranking, rating, unpaired, edit, candidates, scored, stepwise"
+        "prompt, sft, preference, ranking, rating, unpaired, edit, candidates, scored, rewarded, stepwise"
     )
 
 

@@ -26,6 +26,7 @@ STAGES = {
     "evaluation",
     "feedback",
     "labeling",
+    "offline",
     "ppo",
     "pretrain",
     "reward",

@@ -26,6 +26,7 @@ from rlhfkit.feedback import cli as feedback_cli
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.loop import LoopConfig, loop
+from rlhfkit.offline.train import OfflineConfig, offline
 from rlhfkit.ppo.train import GRPOConfig, PPOConfig, RLOOConfig, ppo
 from rlhfkit.pretrain.train import PretrainConfig, pretrain
 from rlhfkit.quickstart import QuickstartConfig, quickstart
@@ -195,6 +196,11 @@ def _dpo(config: DPOConfig) -> None:
 )
 def _distill(config: DistillConfig) -> None:
     print(distill(config))
+
+
+@stage_command("offline", OfflineConfig, "Offline RL on scored replies, no reward model queried: ILQL, or AWR.")
+def _offline(config: OfflineConfig) -> None:
+    print(offline(config))
 
 
 @stage_command("eval", EvalConfig, "Evaluate checkpoints: gold, reward, KL, win-rate, leaderboard, calibration.")

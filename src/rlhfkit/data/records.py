@@ -369,6 +369,16 @@ class RatingRecord(Record):
     flags: list[InstructGPTFlag] = []
 
 
+class RewardedRecord(Record):
+    """One reply with a scalar reward (any scale: a reward model's score, a gold function's), as offline RL
+    (`rlhfkit offline`) learns from."""
+
+    _text_fields = ("prompt", "response")
+    prompt: Text
+    response: Text
+    reward: float = Field(allow_inf_nan=False)
+
+
 class UnpairedRecord(Record):
     """A single reply judged good (`label` true, thumbs up) or bad, as KTO trains on; 1/0 are accepted."""
 
@@ -397,6 +407,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "edit": EditRecord,
     "candidates": CandidatesRecord,
     "scored": ScoredRecord,
+    "rewarded": RewardedRecord,
     "stepwise": StepwiseRecord,
 }
 KIND_FIELDS: dict[str, tuple[frozenset[str], ...]] = {
@@ -409,6 +420,7 @@ KIND_FIELDS: dict[str, tuple[frozenset[str], ...]] = {
     "edit": (frozenset({"original", "edited"}),),
     "candidates": (frozenset({"responses"}),),
     "scored": (frozenset({"completions"}),),
+    "rewarded": (frozenset({"prompt", "response", "reward"}),),
     "stepwise": (frozenset({"completions", "labels"}),),
 }
 """The fields that mark each kind's rows, for `infer_kind` (any one set of a kind's sets)."""

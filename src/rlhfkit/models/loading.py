@@ -25,6 +25,7 @@ from transformers import (
 
 from rlhfkit import assets
 from rlhfkit.config import Config, UserError
+from rlhfkit.models.ilql import attach_heads, has_heads
 
 console = Console(stderr=True)
 
@@ -131,7 +132,9 @@ def load_model(
     lora: LoraSettings | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """A causal LM, its embeddings grown to the tokenizer's vocabulary, optionally wrapped with LoRA."""
+    """A causal LM, its embeddings grown to the tokenizer's vocabulary, optionally wrapped with LoRA.
+
+    A directory saved by `rlhfkit offline` (ILQL) loads as its advantage-perturbed policy (`models/ilql.py`)."""
     path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, config=fused_config(path), dtype=dtype)
     if tokenizer is not None:
@@ -140,6 +143,8 @@ def load_model(
         model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if has_heads(path):
+        attach_heads(model, path)
     if lora is not None and lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -1,0 +1,1 @@
+"""`rlhfkit offline`: RL from a fixed dataset of scored replies, without querying a reward model (ILQL, AWR)."""
