@@ -77,6 +77,11 @@ Text = Annotated[
 ]
 
 
+def text_as_json(text: Text) -> str | list[dict[str, Any]]:
+    """A text field as JSON data, as records hold it: a string, or the messages as dicts."""
+    return text if isinstance(text, str) else [m.model_dump() for m in text]
+
+
 def _forms(value: Text | list[Text]) -> set[str]:
     """'text' and/or 'chat' for a Text or a list of Texts (a list of Messages is one chat Text)."""
     if isinstance(value, str):

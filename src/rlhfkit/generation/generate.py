@@ -16,7 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from rlhfkit import assets
 from rlhfkit.config import Config
-from rlhfkit.data.records import load_records
+from rlhfkit.data.records import load_records, text_as_json
 from rlhfkit.generation.best_of import Groups, sample_groups
 from rlhfkit.generation.sampling import SamplingSettings, sample
 from rlhfkit.models.loading import load_model, load_tokenizer
@@ -96,7 +96,7 @@ def best_of_n(config: GenerateConfig, prompts: list[Any], n: int) -> Groups:
 
 def records(config: GenerateConfig, prompts: list[Any]) -> list[dict[str, Any]]:
     """One record per prompt: its completion, its K responses, or its best of N (with the scores)."""
-    plain = [p if isinstance(p, str) else [m.model_dump() for m in p] for p in prompts]
+    plain = [text_as_json(p) for p in prompts]
     if config.best_of is not None:
         groups = best_of_n(config, prompts, config.best_of)
         best, scores = groups.best(config.best_of)

@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit import assets
 from rlhfkit.config import ConfigError
 from rlhfkit.data.corpus import blocks, read_paragraphs
-from rlhfkit.data.records import PromptSet, Text, load_records, read_prompt_set
+from rlhfkit.data.records import PromptSet, Text, load_records, read_prompt_set, text_as_json
 from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
@@ -413,7 +413,7 @@ def write_samples(path: Path, step: int, rollout: Rollout, count: int) -> None:
     with path.open("a") as f:
         rows = zip(rollout.prompts, rollout.texts, rollout.scores.tolist(), strict=True)
         for prompt, text, score in list(rows)[:count]:
-            f.write(json.dumps({"step": step, "prompt": prompt, "response": text, "score": score}) + "\n")
+            f.write(json.dumps({"step": step, "prompt": text_as_json(prompt), "response": text, "score": score}) + "\n")
 
 
 def train_ppo(
