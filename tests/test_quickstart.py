@@ -38,6 +38,14 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
                 "--set",
                 "ppo.sampling.max_new_tokens=6",
                 "--set",
+                "rloo.max_steps=2",
+                "--set",
+                "rloo.batch_size=8",
+                "--set",
+                "rloo.mini_batch_size=4",
+                "--set",
+                "rloo.sampling.max_new_tokens=6",
+                "--set",
                 f"dpo.ref_cache_dir={tmp_path / 'ref-cache'}",
                 "--set",
                 "evaluation.limit=6",
@@ -60,13 +68,15 @@ def test_quickstart_runs_offline_and_prints_samples(tmp_path: Path, capsys: pyte
     ppo_log = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in ppo_log] == [1, 2] and "gold/score" in ppo_log[0]  # VADER logged, not trained on
     assert (tmp_path / "ppo" / "model.safetensors").exists()
+    rloo_log = [json.loads(line) for line in (tmp_path / "rloo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rloo_log] == [1, 2] and "value/loss" not in rloo_log[0]  # critic-free
     evaluation = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert len(evaluation["policies"]) == 3 and len(evaluation["leaderboard"]["standings"]) == 3
+    assert len(evaluation["policies"]) == 4 and len(evaluation["leaderboard"]["standings"]) == 4
     assert evaluation["policies"][str(tmp_path / "sft")]["metrics"]["eval/kl"] == 0  # the reference itself
     best_of = evaluation["best_of_n"]  # best-of-n of the SFT model by the reward model, on the frontier
     assert best_of["policy"] == str(tmp_path / "sft") and [p["n"] for p in best_of["points"]] == [1, 2, 4]
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert {"PPO", "DPO", "reward model", "evaluation"} <= set(timings)
+    assert {"PPO", "RLOO", "DPO", "reward model", "evaluation"} <= set(timings)
     stages = [v for k, v in timings.items() if k != "total"]
     assert timings["total"]["wall"] == pytest.approx(sum(v["wall"] for v in stages))
     assert "time per stage" in out and timings["PPO"]["wall"] > 0 and timings["PPO"]["cpu"] > 0

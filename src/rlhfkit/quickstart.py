@@ -3,11 +3,11 @@
 SFT of the embedded `tiny-austen` model on demonstrations of cheerful continuations of Austen sentence
 openings, with samples for held-out openings printed before and after; then K continuations per prompt
 from the SFT model, ranked by a simulated labeler who prefers positive sentiment (VADER), and a reward
-model trained on those rankings, with its accuracy on held-out prompts; then PPO against that reward model
-and DPO on the best-vs-worst pair of each ranking; then SFT, PPO and DPO continuations of the same
-held-out openings side by side, `rlhfkit eval` of the three (gold sentiment, KL to the SFT model, diversity,
-win-rates, a Bradley-Terry leaderboard, calibration on the cloze probe, and best-of-n of the SFT model by the
-reward model at its KL bound) and `rlhfkit report`'s HTML page.
+model trained on those rankings, with its accuracy on held-out prompts; then PPO and RLOO (critic-free,
+4 replies per opening) against that reward model and DPO on the best-vs-worst pair of each ranking; then
+SFT, PPO, RLOO and DPO continuations of the same held-out openings side by side, `rlhfkit eval` of the four
+(gold sentiment, KL to the SFT model, diversity, win-rates, a Bradley-Terry leaderboard, calibration on the
+cloze probe, and best-of-n of the SFT model by the reward model at its KL bound) and `rlhfkit report`'s HTML page.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings, sample
 from rlhfkit.labeling.simulated import LabelConfig, simulate
 from rlhfkit.models.loading import load_model, load_tokenizer
-from rlhfkit.ppo.train import PPOConfig, ppo
+from rlhfkit.ppo.train import PPOConfig, RLOOConfig, ppo
 from rlhfkit.reward.train import HeadData, RewardConfig, reward
 from rlhfkit.scoring.sources import RewardSource
 from rlhfkit.sft.train import SFTConfig, sft
@@ -86,13 +86,25 @@ class QuickstartConfig(Config):
         ),
         description="the PPO stage, against the reward model (model and rewards set by the quickstart)",
     )
+    rloo: RLOOConfig = Field(
+        default_factory=lambda: RLOOConfig(
+            # critic-free: 4 replies per opening, the leave-one-out baseline, one pass per batch
+            prompts="demo-sft",
+            max_steps=20,
+            learning_rate=1e-4,
+            kl_coef=0.05,
+            eval_every=0,
+            log_samples=2,
+        ),
+        description="the RLOO stage (the PPO stage's critic-free estimator), against the same reward model",
+    )
     dpo: DPOConfig = Field(
         default_factory=lambda: DPOConfig(epochs=1, learning_rate=1e-4, eval_every=0, log_every=10),
         description="the DPO stage, on the best-vs-worst pair of each ranking (model and data set by the quickstart)",
     )
     evaluation: EvalConfig = Field(
         default_factory=lambda: EvalConfig(limit=256, probe="cloze-probe", reward_models=[], best_of_limit=32),
-        description="the evaluation of SFT, PPO and DPO (its policies and output are set by the quickstart)",
+        description="the evaluation of SFT, PPO, RLOO and DPO (its policies and output are set by the quickstart)",
     )
     best_of: list[Annotated[int, Field(ge=1)]] = Field(
         [1, 2, 4], description="best-of-n of the SFT model by the reward model, evaluated for each n ([]: none)"
@@ -168,18 +180,23 @@ def quickstart(config: QuickstartConfig) -> None:
         f"{int(metrics['eval/reward/pairs'])} pairs of continuations of prompts it never saw "
         f"(chance 0.5); model saved to {reward_dir}"
     )
-    console.rule(f"5/6 PPO against the reward model, {config.ppo.max_steps} steps of {config.ppo.batch_size} episodes")
-    with clock.stage("PPO"):
-        ppo_dir = ppo(
-            config.ppo.model_copy(
-                update={
-                    "model": str(sft_dir),
-                    "rewards": [RewardSource(source=str(reward_dir))],
-                    "gold": config.labeler.gold,
-                    **stage_dir(config, "ppo"),
-                }
-            )
+    online = {"PPO": config.ppo, "RLOO": config.rloo}
+    online_dirs = {}
+    for name, stage_config in online.items():
+        console.rule(
+            f"5/6 {name} against the reward model, {stage_config.max_steps} steps of {stage_config.batch_size} episodes"
         )
+        with clock.stage(name):
+            online_dirs[name] = ppo(
+                stage_config.model_copy(
+                    update={
+                        "model": str(sft_dir),
+                        "rewards": [RewardSource(source=str(reward_dir))],
+                        "gold": config.labeler.gold,
+                        **stage_dir(config, name.lower()),
+                    }
+                )
+            )
     console.rule("6/6 DPO on the best-vs-worst pair of each ranking")
     with clock.stage("DPO"):
         dpo_dir = dpo(
@@ -191,10 +208,10 @@ def quickstart(config: QuickstartConfig) -> None:
                 }
             )
         )
-    policies = {"SFT": sft_dir, "PPO": ppo_dir, "DPO": dpo_dir}
+    policies = {"SFT": sft_dir, **online_dirs, "DPO": dpo_dir}
     with clock.stage("samples side by side"):
         print_samples(prompts, {name: samples_for(str(path), prompts, config) for name, path in policies.items()})
-    console.rule(f"evaluation of SFT, PPO and DPO on {config.evaluation.limit} held-out prompts, and the report")
+    console.rule(f"evaluation of SFT, PPO, RLOO and DPO on {config.evaluation.limit} held-out prompts, and the report")
     with clock.stage("evaluation"):
         evaluate(
             config.evaluation.model_copy(
