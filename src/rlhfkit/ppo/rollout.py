@@ -16,7 +16,8 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.data.records import Text
-from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
+from rlhfkit.generation.engine import HFEngine, RolloutEngine
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences
 from rlhfkit.ops import masked_sum
 from rlhfkit.ppo.advantages import (
     MOMENT_KEYS,
@@ -62,6 +63,7 @@ class Rollout:
     prompts: list[Text]
     texts: list[str]
     scores: torch.Tensor  # (b,) the combined reward, before normalisation
+    engine_logprobs: torch.Tensor | None = None  # log π_engine(y_t) the rollout engine sampled with (vLLM)
 
 
 def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
@@ -114,6 +116,7 @@ class Responses:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
+    engine_logprobs: torch.Tensor | None  # log π_engine(y_t), from the engine that sampled (vLLM), else None
 
 
 def sample_responses(
@@ -124,12 +127,15 @@ def sample_responses(
     seeds: list[int],
     settings: SamplingSettings,
     micro: int,
+    engine: RolloutEngine,
 ) -> Responses:
-    """Step 1: one response per prompt (row seeds), then its log-probabilities, reference log-probabilities,
-    values and entropies, read in eval mode (the model is put back in its mode after)."""
+    """Step 1: one response per prompt (row seeds) from the engine, given the policy's current weights first;
+    then its log-probabilities (recomputed by the trainer), reference log-probabilities, values and entropies,
+    read in eval mode (the model is put back in its mode after)."""
     was_training = model.training
     model.eval()
-    samples = sample(model.policy, tokenizer, prompts, settings, seeds=seeds)
+    engine.load_weights(model.policy)
+    samples = engine.sample(prompts, settings, seeds)
     sequences = response_sequences(samples)
     if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
         raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
@@ -139,7 +145,8 @@ def sample_responses(
     )
     model.train(was_training)
     ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
-    return Responses(samples.texts, sequences, mask, ended, logprobs, ref_logprobs, values, entropy)
+    engine_logprobs = None if samples.logprobs is None else samples.logprobs.float().cpu() * mask
+    return Responses(samples.texts, sequences, mask, ended, logprobs, ref_logprobs, values, entropy, engine_logprobs)
 
 
 def shaped_scores(
@@ -200,6 +207,8 @@ def rollout_metrics(
     residuals = returns - responses.values
     moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
     token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": responses.entropy, **moments_of_values}
+    if responses.engine_logprobs is not None:  # the engine's numerics against the trainer's, same weights
+        token_stats["rollout/engine_logprob_gap"] = (responses.engine_logprobs - responses.logprobs).abs()
     for name, per_token in token_stats.items():
         stats.add_total(name, masked_sum(per_token, mask), mask.sum())
     metrics = stats.mean(accelerator)
@@ -223,12 +232,15 @@ def collect_rollout(
     micro: int,
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
+    engine: RolloutEngine | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample → score → KL → advantages for this process's prompts; the rollout and global-batch metrics.
 
     With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated.
+    `engine` samples (default: transformers' generate on the policy).
     """
-    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro)
+    engine = engine or HFEngine(model.policy, tokenizer)
+    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro, engine)
     raw_scores, terms = reward(prompts, responses.texts)
     raw_scores = raw_scores.cpu().float()
     scores = shaped_scores(accelerator, raw_scores, responses.ended, moments, shaping, update_statistics)
@@ -245,7 +257,7 @@ def collect_rollout(
         per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
     rollout = Rollout(
         responses.sequences, responses.mask, responses.logprobs, responses.values, advantages, returns,
-        list(prompts), responses.texts, raw_scores,
+        list(prompts), responses.texts, raw_scores, responses.engine_logprobs,
     )  # fmt: skip
     return rollout, rollout_metrics(accelerator, responses, per_sequence, returns)
 

@@ -33,12 +33,13 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data.corpus import blocks, read_paragraphs
 from rlhfkit.data.records import Text, load_records, read_prompts
 from rlhfkit.data.tokenize import tokenize_sft
+from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, RolloutEngine, check_engine, rollout_engine
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.models.reward_ensemble import is_reward_model
 from rlhfkit.ppo.advantages import KLEstimator
 from rlhfkit.ppo.controllers import KLController, RunningMoments
-from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient
+from rlhfkit.ppo.losses import clipped_surrogate, clipped_value_loss, policy_gradient, truncated_importance_weight
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
 from rlhfkit.ppo.rollout import (
     RewardShaping,
@@ -78,6 +79,10 @@ class PPOConfig(TrainSettings):
     sampling: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
         description="rollout sampling; its temperature also scales the logits of every log-probability",
+    )
+    engine: EngineKind = Field("hf", description=ENGINE_HELP)
+    tis_cap: float | None = Field(
+        None, gt=0, description="truncated importance sampling: weight min(π_old/π_engine, C) (vllm; None: off)"
     )
     batch_size: int = Field(64, ge=1, description="episodes (prompts) per PPO step, over all processes")
     mini_batch_size: int = Field(16, ge=1, description="episodes per optimizer step, over all processes")
@@ -185,6 +190,10 @@ def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torc
     else:
         policy_loss, stats = clipped_surrogate(logprobs, old_logprobs, advantages, config.cliprange)
         value_loss, value_stats = clipped_value_loss(values, old_values, returns, config.cliprange_value)
+    if config.tis_cap is not None and rollout.engine_logprobs is not None:
+        engine_logprobs = gather_tokens(rollout.engine_logprobs, rows, rollout.mask).to(device)
+        tis = truncated_importance_weight(old_logprobs, engine_logprobs, config.tis_cap)
+        policy_loss, stats = tis * policy_loss, stats | {"tis_weight": tis}
     loss = policy_loss + config.vf_coef * value_loss
     stats = {f"ppo/{k}": v for k, v in stats.items()} | {f"value/{k}": v for k, v in value_stats.items()}
     stats |= {"ppo/policy_loss": policy_loss.detach(), "value/loss": value_loss.detach()}
@@ -260,6 +269,7 @@ class RolloutMaker:
     kl: KLController
     moments: RunningMoments
     gold: GoldFunction | None
+    engine: RolloutEngine | None  # None: transformers' generate on the policy
 
     def make(
         self, prompts: list[Text], rows: list[int], step: int, update_statistics: bool = True
@@ -268,7 +278,7 @@ class RolloutMaker:
         return collect_rollout(
             self.accelerator, self.model, self.reference, self.tokenizer, prompts, row_seeds(config.seed, step, rows),
             self.reward, self.kl, self.moments, config.shaping, config.sampling, config.micro_batch_size, self.gold,
-            update_statistics,
+            update_statistics, self.engine,
         )  # fmt: skip
 
     def evaluate(self, prompts: list[Text]) -> dict[str, float]:
@@ -295,6 +305,7 @@ def train_ppo(
     eval_prompts: list[Text],
     reward: CombinedReward,
     ptx: list[TokenSequence],
+    engine: RolloutEngine | None = None,
 ) -> TrainResult:
     """The PPO loop of the module docstring; returns the last step's metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -315,7 +326,7 @@ def train_ppo(
     run.model.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
     state = PPOState(config, accelerator, run.model, run.optimizer, run.scheduler, tokenizer.pad_token_id, ptx)
     gold = gold_function(config.gold) if config.gold else None
-    rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold)
+    rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold, engine)
     samples_file = Path(config.output_dir) / "samples.jsonl"
     if accelerator.is_main_process:
         trim_rows(samples_file, before=run.start + 1)  # a resumed run writes the later steps' samples again
@@ -390,8 +401,9 @@ def ppo(config: PPOConfig) -> Path:
         raise ConfigError("prompts: no prompts given; set prompts=PATH (prompt records) or prompts=demo-prompts")
     if not config.rewards:
         raise ConfigError("rewards: no reward given; e.g. --set 'rewards=[{source: runs/reward}]' or source: vader")
-    accelerator = start_run(config, config)
     tokenizer = load_tokenizer(config.model)
+    check_engine(config.engine, config.model, tokenizer)  # before start_run writes to output_dir
+    accelerator = start_run(config, config)
     prompts = read_prompts(config.prompts)
     eval_prompts = read_prompts(config.eval_prompts, config.eval_size) if config.eval_prompts else []
     set_seed(config.seed)  # a pad token added to the vocabulary gets a seeded embedding
@@ -412,12 +424,13 @@ def ppo(config: PPOConfig) -> Path:
         reference.requires_grad_(False)
     reward = CombinedReward(config.rewards, accelerator.device)
     ptx = load_ptx(config, tokenizer)
+    engine = rollout_engine(config.engine, policy, config.model, tokenizer)
     terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
     accelerator.print(
         f"{config.algo} on {config.model}: {len(prompts)} prompts, {config.batch_size} episodes per step, "
         f"critic {config.critic}, reward {terms}"
     )
-    result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
+    result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx, engine)
     return finish_run(
         accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, policy, tokenizer)
     )
