@@ -165,9 +165,7 @@ def run_engine(job: tuple[Settings, str]) -> EngineResult:
     startup, seconds, tokens = generation(settings, kind)
     with tempfile.TemporaryDirectory() as tmp:
         gen, scoring, update, gap = ppo_split(settings, kind, Path(tmp))
-    return EngineResult(
-        kind, startup, seconds, tokens, tokens * len(seconds) / sum(seconds), gen, scoring, update, gap
-    )
+    return EngineResult(kind, startup, seconds, tokens, tokens * len(seconds) / sum(seconds), gen, scoring, update, gap)
 
 
 def report(console: Console, settings: Settings, results: list[EngineResult]) -> None:
@@ -180,7 +178,10 @@ def report(console: Console, settings: Settings, results: list[EngineResult]) ->
         for r in results
     ]  # fmt: skip
     columns = ["engine", "start-up s", "tokens/s", "tokens/call", "PPO gen s", "PPO score s", "PPO update s", "|Δlogp|"]
-    title = f"{settings.model}: {settings.prompts} prompts x {settings.max_new_tokens} tokens, PPO batch {settings.ppo_batch}"
+    title = (
+        f"{settings.model}: {settings.prompts} prompts x {settings.max_new_tokens} tokens, "
+        f"PPO batch {settings.ppo_batch}"
+    )
     print_table(console, title, columns, rows)
     hf, vllm = results
     console.print(f"vllm / hf tokens/s: [bold]{vllm.tokens_per_s / hf.tokens_per_s:.2f}x")
@@ -214,7 +215,8 @@ def main() -> None:
         results.append(in_subprocess(run_engine, (settings, kind)))
     report(console, settings, results)
     suffix = "" if args.model == "tiny-austen" else f"-{args.model}"
-    record = {"settings": asdict(settings), "results": [asdict(r) for r in results]} | environment(load_before, PACKAGES)
+    record = {"settings": asdict(settings), "results": [asdict(r) for r in results]}
+    record |= environment(load_before, PACKAGES)
     write_record(console, args.output or RESULTS / f"rollout{suffix}.json", record)
 
 
