@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
-from typing import Any, Literal, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol, cast
 
 import psutil
 import torch
@@ -149,7 +149,7 @@ class VLLMEngine:
         self.gpu = torch.cuda.is_available()
         self.llm = LLM(
             model=path,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=cast(Any, str(dtype).removeprefix("torch.")),  # "float32", "bfloat16", ...
             seed=0,
             enforce_eager=not self.gpu,  # CPU: no graph compilation (minutes of start-up for no gain at this size)
             max_model_len=context_length(self.config),
@@ -202,8 +202,15 @@ class VLLMEngine:
             self.sleeping = True
         completions = [o.outputs[0] for o in outputs]
         tokens = [list(c.token_ids) for c in completions]
-        logprobs = [[step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)] for c in completions]
+        logprobs = [sampled_logprobs(c.logprobs, c.token_ids) for c in completions]
         return padded_samples(self.tokenizer, encoded["input_ids"], encoded["attention_mask"], tokens, logprobs)
+
+
+def sampled_logprobs(steps: Any, tokens: Sequence[int]) -> list[float]:
+    """The log-probability of each sampled token, from vLLM's per-step {token: Logprob} (asked for with logprobs=0)."""
+    if steps is None:
+        raise RuntimeError("vLLM returned no log-probabilities")
+    return [step[t].logprob for step, t in zip(steps, tokens, strict=True)]
 
 
 def padded_samples(

@@ -103,7 +103,7 @@ class SeededGumbelSampler(LogitsProcessor):
         self.temperature = settings.temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        warped = self.warpers(input_ids, scores.float() / self.temperature)
+        warped = self.warpers(input_ids, cast(torch.FloatTensor, scores.float() / self.temperature))
         uniform = torch.stack([torch.rand(warped.shape[-1], generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
         return cast(torch.FloatTensor, warped + gumbel.to(warped.device))
