@@ -302,15 +302,15 @@ def print_verdict(console: Console, unit: str, ratio: float, target: float) -> N
     console.print(f"rlhfkit / TRL {unit}: [bold]{ratio:.2f}x[/] (target >= {target}x: {verdict}[/])")
 
 
-def versions() -> dict[str, str]:
+def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
     """The versions that decide the numbers, so a result file says what it measured."""
-    return {"python": platform.python_version(), **{name: version(name) for name in PACKAGES}}
+    return {"python": platform.python_version(), **{name: version(name) for name in packages}}
 
 
-def environment(load_before: tuple[float, float, float]) -> dict[str, Any]:
+def environment(load_before: tuple[float, float, float], packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
     """The record's closing fields: versions, and the machine with its load around the runs (noise check)."""
     return {
-        "versions": versions(),
+        "versions": versions(packages),
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),

@@ -47,6 +47,7 @@ from rlhfkit.evaluation.policy import evaluate_policy
 from rlhfkit.feedback.queue import HumanLabelSettings, request_judgments
 from rlhfkit.feedback.tasks import TASKS
 from rlhfkit.generation.best_of import Groups, score_groups
+from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, rollout_engine
 from rlhfkit.generation.generate import GenerateConfig, generate
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.labeling.simulated import LabelConfig, simulate
@@ -73,6 +74,7 @@ class LoopConfig(Config):
     prompts_per_round: int = Field(64, ge=1, description="prompts drawn per round (no repeats while possible)")
     samples_per_prompt: int = Field(4, ge=2, description="K: candidate replies per prompt, labelled together")
     seed: int = Field(0, description="seed of the prompt draws, sampling and labelling (offset by the round)")
+    engine: EngineKind = Field("hf", description=f"{ENGINE_HELP}, for candidates, PPO and evaluation alike")
     candidates: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(max_new_tokens=16, temperature=1.0),
         description="sampling of the candidates",
@@ -212,6 +214,7 @@ class Loop:
                 num_samples=self.config.samples_per_prompt,
                 seed=self.config.seed + round_index,
                 sampling=self.config.candidates,
+                engine=self.config.engine,
             )
         )
 
@@ -268,6 +271,7 @@ class Loop:
             reward_dir = str(self.dir(round_index, "reward"))
             prompts = str(self.dir(round_index, "sample") / "prompts.jsonl")
             update |= {"prompts": prompts, "rewards": [RewardSource(source=reward_dir)], "gold": self.config.gold}
+            update["engine"] = self.config.engine
             ppo(self.config.ppo.model_copy(update=update))
             return
         labels, kind = self.dir(round_index, "reward") / "labels.jsonl", self.labels_kind()
@@ -314,9 +318,11 @@ class Loop:
         reference = load_model(config.model, tokenizer).eval()
         policy = load_model(policy_dir, tokenizer).eval()
         seeds = [config.seed + i for i in range(len(prompts))]  # the same draws every round
+        engine = rollout_engine(config.engine, policy, policy_dir, tokenizer)
         metrics = evaluate_policy(
-            policy, reference, tokenizer, prompts, gold_function(config.gold), config.evaluation, seeds=seeds
-        )
+            policy, reference, tokenizer, prompts, gold_function(config.gold), config.evaluation, seeds=seeds,
+            engine=engine,
+        )  # fmt: skip
         labels = len(_jsonl(self.dir(round_index, "label") / "labels.jsonl"))
         row = {"round": round_index, "policy": policy_dir, "labels": labels}
         row["labels_total"] = len(_jsonl(self.dir(round_index, "reward") / "labels.jsonl"))

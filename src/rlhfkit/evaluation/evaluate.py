@@ -42,6 +42,7 @@ from rlhfkit.evaluation.leaderboard import leaderboard
 from rlhfkit.evaluation.policy import sample_metrics, sample_with_kl
 from rlhfkit.evaluation.winrate import Compare, LabelerSettings, make_labeler, win_rate
 from rlhfkit.generation.best_of import best_of_n_kl_bound, sample_groups
+from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, rollout_engine
 from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.models.reward_ensemble import load_reward_model
@@ -69,6 +70,7 @@ class EvalConfig(Config):
         description="sampling of the replies (temperature 1: the KL estimate is unbiased)",
     )
     seed: int = Field(0, description="sampling seed of each prompt, the same for every policy")
+    engine: EngineKind = Field("hf", description=ENGINE_HELP)
     batch_size: int = Field(32, ge=1, description="prompts (or probe options) per forward pass")
     gold: str | None = Field("vader", description="gold score: vader, length, python:module:function (None: none)")
     reward_models: list[str] = Field(default_factory=list, description="reward-model dirs to score the replies with")
@@ -140,7 +142,10 @@ def sample_policies(
     for name in names:
         policy = reference if name == names[0] else load_model(name, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
         console.print(f"sampling {len(prompts)} replies from {name}")
-        samples = sample_with_kl(policy, reference, tokenizer, prompts, config.sampling, config.batch_size, seeds)
+        engine = rollout_engine(config.engine, policy, name, tokenizer)
+        samples = sample_with_kl(
+            policy, reference, tokenizer, prompts, config.sampling, config.batch_size, seeds, engine
+        )
         texts[name] = samples.texts
         results[name] = {"metrics": sample_metrics(prompts, samples, gold)}
         if probe is not None:

@@ -13,7 +13,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.data.records import Text
-from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
+from rlhfkit.generation.engine import HFEngine, RolloutEngine
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences
 from rlhfkit.models.logprobs import lm_parts, target_logprobs
 from rlhfkit.scores import GoldFunction, distinct_n
 from rlhfkit.training.batching import TokenSequence, pad_batch
@@ -44,15 +45,15 @@ def sample_with_kl(
     settings: SamplingSettings,
     batch_size: int = 64,
     seeds: list[int] | None = None,
+    engine: RolloutEngine | None = None,
 ) -> PolicySamples:
     """Sample each prompt once from the policy (with `seeds`: each row from its own seed, whatever its batch)
-    and sum the k1 log-ratios of the sampled tokens."""
+    and sum the k1 log-ratios of the sampled tokens. `engine` samples (default: generate on the policy)."""
+    engine = engine or HFEngine(policy, tokenizer)
     texts, kl_sum, tokens = [], 0.0, 0
     for start in range(0, len(prompts), batch_size):
         part = prompts[start : start + batch_size]
-        samples = sample(
-            policy, tokenizer, part, settings, None if seeds is None else seeds[start : start + batch_size]
-        )
+        samples = engine.sample(part, settings, None if seeds is None else seeds[start : start + batch_size])
         rows = response_sequences(samples)
         log_ratio = response_logprobs(policy, rows, tokenizer.pad_token_id) - response_logprobs(
             reference, rows, tokenizer.pad_token_id
@@ -86,7 +87,8 @@ def evaluate_policy(
     settings: SamplingSettings,
     batch_size: int = 64,
     seeds: list[int] | None = None,
+    engine: RolloutEngine | None = None,
 ) -> dict[str, float]:
     """`sample_metrics` of fresh samples (`sample_with_kl`) for these prompts."""
-    samples = sample_with_kl(policy, reference, tokenizer, prompts, settings, batch_size, seeds)
+    samples = sample_with_kl(policy, reference, tokenizer, prompts, settings, batch_size, seeds, engine)
     return sample_metrics(prompts, samples, gold)

@@ -15,10 +15,11 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from rlhfkit import assets
-from rlhfkit.config import Config
+from rlhfkit.config import Config, ConfigError
 from rlhfkit.data.records import load_records, text_as_json
 from rlhfkit.generation.best_of import Groups, sample_groups
-from rlhfkit.generation.sampling import SamplingSettings, sample
+from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, rollout_engine
+from rlhfkit.generation.sampling import SamplingSettings
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.scoring.sources import CombinedReward, RewardSource
 from rlhfkit.training.progress import progress_bar
@@ -35,6 +36,7 @@ class GenerateConfig(Config):
     batch_size: int = Field(64, ge=1, description="prompts per generate call (best_of: N rows each)")
     seed: int = Field(0, description="sampling seed")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="sampling settings")
+    engine: EngineKind = Field("hf", description=ENGINE_HELP)
     best_of: int | None = Field(
         None, ge=1, description="N: sample N replies per prompt, keep the one `rewards` scores highest (None: off)"
     )
@@ -69,24 +71,32 @@ class GenerateConfig(Config):
 
 
 def sample_replies(
-    model_name: str, prompts: list[Any], num_samples: int, batch_size: int, settings: SamplingSettings
+    model_name: str,
+    prompts: list[Any],
+    num_samples: int,
+    batch_size: int,
+    settings: SamplingSettings,
+    engine_kind: EngineKind = "hf",
 ) -> list[list[str]]:
     """`num_samples` replies from `model_name` to each prompt, batched, with a progress bar."""
     tokenizer = load_tokenizer(model_name)
     model = load_model(model_name, tokenizer).eval()
+    engine = rollout_engine(engine_kind, model, model_name, tokenizer)
     repeated = [p for p in prompts for _ in range(num_samples)]
     texts: list[str] = []
     with progress_bar() as bar:
         task = bar.add_task(f"generate ({model_name})", total=len(repeated))
         for start in range(0, len(repeated), batch_size):
             batch = repeated[start : start + batch_size]
-            texts += sample(model, tokenizer, batch, settings).texts
+            texts += engine.sample(batch, settings).texts
             bar.update(task, advance=len(batch))
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
 def best_of_n(config: GenerateConfig, prompts: list[Any], n: int) -> Groups:
     """n replies per prompt, scored by `config.rewards`."""
+    if config.engine != "hf":
+        raise ConfigError(f"engine: best_of samples with engine hf (got {config.engine!r})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, tokenizer).to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as unbound
@@ -109,7 +119,9 @@ def records(config: GenerateConfig, prompts: list[Any]) -> list[dict[str, Any]]:
                 row |= {"responses": texts, "scores": all_scores}
         return rows
     torch.manual_seed(config.seed)
-    replies = sample_replies(config.model, prompts, config.num_samples, config.batch_size, config.sampling)
+    replies = sample_replies(
+        config.model, prompts, config.num_samples, config.batch_size, config.sampling, config.engine
+    )
     if config.num_samples == 1:
         return [{"prompt": p, "completion": texts[0]} for p, texts in zip(plain, replies, strict=True)]
     return [{"prompt": p, "responses": texts} for p, texts in zip(plain, replies, strict=True)]

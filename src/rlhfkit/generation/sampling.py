@@ -17,8 +17,10 @@ from typing import Any, cast
 import torch
 from pydantic import Field
 from transformers import (
+    BatchEncoding,
     LogitsProcessor,
     LogitsProcessorList,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TopKLogitsWarper,
@@ -49,6 +51,7 @@ class Samples:
     response_ids: torch.Tensor
     response_mask: torch.Tensor  # 1 for response tokens up to and including EOS
     texts: list[str]  # decoded responses, without special tokens
+    logprobs: torch.Tensor | None = None  # the engine's log-prob of each sampled token (vLLM), 0 off the mask
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
@@ -61,7 +64,12 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
 
 def prompt_limit(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     """The most prompt tokens that leave room for `max_new_tokens` in the model's context (None: no limit)."""
-    context = context_length(model.config)
+    return config_prompt_limit(model.config, max_new_tokens)
+
+
+def config_prompt_limit(config: PretrainedConfig, max_new_tokens: int) -> int | None:
+    """`prompt_limit` from the model's config."""
+    context = context_length(config)
     if context is None:
         return None
     if max_new_tokens >= context:
@@ -95,10 +103,19 @@ class SeededGumbelSampler(LogitsProcessor):
         self.temperature = settings.temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        warped = self.warpers(input_ids, scores.float() / self.temperature)
+        warped = self.warpers(input_ids, cast(torch.FloatTensor, scores.float() / self.temperature))
         uniform = torch.stack([torch.rand(warped.shape[-1], generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
         return cast(torch.FloatTensor, warped + gumbel.to(warped.device))
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Any], limit: int | None) -> BatchEncoding:
+    """Rendered prompts as left-padded ids, each cut to its last `limit` tokens (too long a prompt loses its
+    start, as in training)."""
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    return tokenizer(rendered, return_tensors="pt", padding=True, truncation=limit is not None, max_length=limit)
 
 
 @torch.no_grad()
@@ -110,12 +127,7 @@ def sample(
     seeds: list[int] | None = None,
 ) -> Samples:
     """One response per prompt; with `seeds` (one per prompt), each row samples from its own generator."""
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"  # too long a prompt loses its start, as in training
-    rendered = [render_prompt(tokenizer, p) for p in prompts]
-    limit = prompt_limit(model, settings.max_new_tokens)
-    encoded = tokenizer(rendered, return_tensors="pt", padding=True, truncation=limit is not None, max_length=limit)
-    encoded = encoded.to(model.device)
+    encoded = encode_prompts(tokenizer, prompts, prompt_limit(model, settings.max_new_tokens)).to(model.device)
     seeded = seeds is not None and settings.do_sample
     native = settings.do_sample and not seeded  # transformers' own sampling, from the global generator
     output = model.generate(  # type: ignore[operator]  # GenerationMixin's, not a Module attribute

@@ -93,6 +93,14 @@ def clipped_value_loss(
     return 0.5 * torch.maximum(unclipped, clipped), {"clipped": (clipped > unclipped).float().detach()}
 
 
+def truncated_importance_weight(logprobs: torch.Tensor, engine_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(π_old(a_t|s_t) / π_engine(a_t|s_t), C) per token, no gradient: truncated importance sampling (Yao et
+    al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"). Tokens come from the
+    rollout engine's numerics (π_engine) while the update assumes the trainer's (π_old); the weight corrects
+    the policy-gradient term for that gap, and the cap C bounds its variance."""
+    return (logprobs - engine_logprobs).exp().clamp(max=cap).detach()
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """H = logsumexp(z) - Σ_v softmax(z)_v·z_v per row of logits (N, V) -> (N,), in nats."""
     logits = logits.float()

@@ -17,7 +17,8 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfkit.data.records import Text
-from rlhfkit.generation.sampling import SamplingSettings, response_sequences, sample
+from rlhfkit.generation.engine import HFEngine, RolloutEngine
+from rlhfkit.generation.sampling import SamplingSettings, response_sequences
 from rlhfkit.ops import masked_sum
 from rlhfkit.ppo.advantages import (
     MOMENT_KEYS,
@@ -81,6 +82,7 @@ class Rollout:
     ref_logprobs: torch.Tensor  # log π_ref(y_t) (= logprobs without a reference)
     kl_coef: float  # β when the rollout was made: the weight of a KL loss term
     dropped: set[int]  # global rows that dynamic sampling leaves out of the update
+    engine_logprobs: torch.Tensor | None = None  # log π_engine(y_t) the rollout engine sampled with (vLLM)
 
 
 def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
@@ -143,6 +145,7 @@ class Responses:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
+    engine_logprobs: torch.Tensor | None  # log π_engine(y_t), from the engine that sampled (vLLM), else None
 
 
 def sample_responses(
@@ -153,13 +156,16 @@ def sample_responses(
     seeds: list[int],
     settings: SamplingSettings,
     micro: int,
+    engine: RolloutEngine,
     reference_free: bool = False,
 ) -> Responses:
-    """Step 1: one response per prompt (row seeds), then its log-probabilities, reference log-probabilities,
-    values and entropies, read in eval mode (the model is put back in its mode after)."""
+    """Step 1: one response per prompt (row seeds) from the engine, given the policy's current weights first;
+    then its log-probabilities (recomputed by the trainer), reference log-probabilities, values and entropies,
+    read in eval mode (the model is put back in its mode after)."""
     was_training = model.training
     model.eval()
-    samples = sample(model.policy, tokenizer, prompts, settings, seeds=seeds)
+    engine.load_weights(model.policy)
+    samples = engine.sample(prompts, settings, seeds)
     sequences = response_sequences(samples)
     if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
         raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
@@ -170,7 +176,8 @@ def sample_responses(
     )
     model.train(was_training)
     ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
-    return Responses(samples.texts, sequences, mask, ended, logprobs, ref_logprobs, values, entropy)
+    engine_logprobs = None if samples.logprobs is None else samples.logprobs.float().cpu() * mask
+    return Responses(samples.texts, sequences, mask, ended, logprobs, ref_logprobs, values, entropy, engine_logprobs)
 
 
 def shaped_scores(
@@ -273,6 +280,8 @@ def rollout_metrics(
     residuals = returns - responses.values
     moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
     token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": responses.entropy, **moments_of_values}
+    if responses.engine_logprobs is not None:  # the engine's numerics against the trainer's, same weights
+        token_stats["rollout/engine_logprob_gap"] = (responses.engine_logprobs - responses.logprobs).abs()
     for name, per_token in token_stats.items():
         stats.add_total(name, masked_sum(per_token, mask), mask.sum())
     metrics = stats.mean(accelerator)
@@ -298,15 +307,19 @@ def collect_rollout(
     gold: GoldFunction | None = None,
     update_statistics: bool = True,
     answers: Answers | None = None,
+    engine: RolloutEngine | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample → score → KL → advantages for this process's prompts (global `rows` of the batch); the rollout
     and global-batch metrics.
 
     With `update_statistics` False (held-out evaluation) the running reward moments are used, not updated, and
     no advantages are computed (nothing trains on the rollout). `answers` are the prompts' reference answers,
-    for the reward's checkers.
+    for the reward's checkers. `engine` samples (default: transformers' generate on the policy).
     """
-    responses = sample_responses(model, reference, tokenizer, prompts, seeds, settings, micro, shaping.reference_free)
+    engine = engine or HFEngine(model.policy, tokenizer)
+    responses = sample_responses(
+        model, reference, tokenizer, prompts, seeds, settings, micro, engine, shaping.reference_free
+    )
     raw_scores, terms = reward(prompts, responses.texts, answers)
     raw_scores = raw_scores.cpu().float()
     lengths = responses.mask.sum(1)
@@ -332,6 +345,7 @@ def collect_rollout(
     rollout = Rollout(
         responses.sequences, responses.mask, responses.logprobs, responses.values, advantages, returns,
         list(prompts), responses.texts, raw_scores, responses.ref_logprobs, kl.beta, dropped,
+        responses.engine_logprobs,
     )  # fmt: skip
     metrics = rollout_metrics(accelerator, responses, per_sequence, returns) | group_metrics
     if shaping.estimator != "gae":  # no critic to explain the returns

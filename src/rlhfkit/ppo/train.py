@@ -38,6 +38,7 @@ from rlhfkit.config import ConfigError
 from rlhfkit.data.corpus import blocks, read_paragraphs
 from rlhfkit.data.records import PromptSet, Text, load_records, read_prompt_set, text_as_json
 from rlhfkit.data.tokenize import tokenize_sft
+from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, RolloutEngine, check_engine, rollout_engine
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
 from rlhfkit.models.reward_ensemble import is_reward_model
@@ -50,6 +51,7 @@ from rlhfkit.ppo.losses import (
     loss_normaliser,
     policy_gradient,
     sequence_log_ratio,
+    truncated_importance_weight,
 )
 from rlhfkit.ppo.model import ActorCritic, CriticKind, build_actor_critic
 from rlhfkit.ppo.rollout import (
@@ -122,6 +124,10 @@ class PPOConfig(TrainSettings):
     sampling: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(max_new_tokens=32, temperature=1.0),
         description="rollout sampling; its temperature also scales the logits of every log-probability",
+    )
+    engine: EngineKind = Field("hf", description=ENGINE_HELP)
+    tis_cap: float | None = Field(
+        None, gt=0, description="truncated importance sampling: weight min(π_old/π_engine, C) (vllm; None: off)"
     )
     batch_size: int = Field(64, ge=1, description="episodes (prompts × group_size) per step, over all processes")
     mini_batch_size: int = Field(16, ge=1, description="episodes per optimizer step, over all processes")
@@ -297,6 +303,10 @@ def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torc
         loss, stats = policy_gradient(logprobs, advantages)
     else:
         loss, stats = clipped_surrogate(log_ratio, advantages, config.cliprange, config.cliprange_high)
+    if config.tis_cap is not None and rollout.engine_logprobs is not None:  # the engine sampled from π_engine ≠ π_old
+        engine_logprobs = gather_tokens(rollout.engine_logprobs, rows, rollout.mask).to(device)
+        tis = truncated_importance_weight(old_logprobs, engine_logprobs, config.tis_cap)
+        loss, stats = tis * loss, stats | {"tis_weight": tis}
     stats = {f"ppo/{k}": v for k, v in stats.items()} | {"ppo/policy_loss": loss.detach()}
     if values is not None:
         clip = None if config.algo == "a2c" else config.cliprange_value
@@ -384,6 +394,7 @@ class RolloutMaker:
     kl: KLController
     moments: RunningMoments
     gold: GoldFunction | None
+    engine: RolloutEngine | None  # None: transformers' generate on the policy
 
     def make(
         self, prompt_set: PromptSet, picked: list[int], rows: list[int], step: int, update_statistics: bool = True
@@ -396,7 +407,7 @@ class RolloutMaker:
             return collect_rollout(
                 self.accelerator, self.model, self.reference, self.tokenizer, prompts, rows,
                 row_seeds(config.seed, step, rows), self.reward, self.kl, self.moments, config.shaping,
-                config.sampling, config.micro_batch_size, self.gold, update_statistics, answers,
+                config.sampling, config.micro_batch_size, self.gold, update_statistics, answers, self.engine,
             )  # fmt: skip
         except ScoringError as error:
             raise error.at([prompt_set.locations[i] for i in picked]) from error.__cause__
@@ -426,6 +437,7 @@ def train_ppo(
     eval_prompts: PromptSet | None,
     reward: CombinedReward,
     ptx: list[TokenSequence],
+    engine: RolloutEngine | None = None,
 ) -> TrainResult:
     """The PPO loop of the module docstring; returns the last step's metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -449,7 +461,7 @@ def train_ppo(
     run.model.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
     state = PPOState(config, accelerator, run.model, run.optimizer, run.scheduler, tokenizer.pad_token_id, ptx)
     gold = gold_function(config.gold) if config.gold else None
-    rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold)
+    rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold, engine)
     samples_file = Path(config.output_dir) / "samples.jsonl"
     if accelerator.is_main_process:
         trim_rows(samples_file, before=run.start + 1)  # a resumed run writes the later steps' samples again
@@ -525,8 +537,9 @@ def ppo(config: PPOConfig) -> Path:
         raise ConfigError("prompts: no prompts given; set prompts=PATH (prompt records) or prompts=demo-prompts")
     if not config.rewards:
         raise ConfigError("rewards: no reward given; e.g. --set 'rewards=[{source: runs/reward}]' or source: vader")
-    accelerator = start_run(config, config)
     tokenizer = load_tokenizer(config.model)
+    check_engine(config.engine, config.model, tokenizer)  # before start_run writes to output_dir
+    accelerator = start_run(config, config)
     prompts = read_prompt_set(config.prompts)
     eval_prompts = read_prompt_set(config.eval_prompts, config.eval_size) if config.eval_prompts else None
     set_seed(config.seed)  # a pad token added to the vocabulary gets a seeded embedding
@@ -550,13 +563,14 @@ def ppo(config: PPOConfig) -> Path:
     for prompt_set in (prompts, eval_prompts) if eval_prompts else (prompts,):
         reward.check_answers(prompt_set.answers, prompt_set.locations)  # before training starts
     ptx = load_ptx(config, tokenizer)
+    engine = rollout_engine(config.engine, policy, config.model, tokenizer)
     terms = " + ".join(f"{r.weight:g}·{name}" for r, name in zip(config.rewards, reward.names, strict=True))
     accelerator.print(
         f"{config.algo} on {config.model}: {len(prompts.prompts)} prompts, {config.batch_size} episodes per step "
         f"({config.group_size} per prompt), critic {config.value_model}, "
         f"reference {config.uses_reference}, reward {terms}"
     )
-    result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx)
+    result = train_ppo(config, accelerator, model, reference, tokenizer, prompts, eval_prompts, reward, ptx, engine)
     return finish_run(
         accelerator, Path(config.output_dir), result.summary, pretrained_saver(accelerator, policy, tokenizer)
     )
