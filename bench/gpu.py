@@ -208,7 +208,7 @@ def ppo_stage(model: PreTrainedModel, shape: Shape) -> Stage:
             old_logprobs, old_values, _ = module(ids, mask, scored)
         logprobs, values, _ = module(ids, mask, scored)
         advantages = torch.randn_like(old_logprobs)
-        policy, _ = clipped_surrogate(logprobs, old_logprobs, advantages, 0.2)
+        policy, _ = clipped_surrogate(logprobs - old_logprobs, advantages, 0.2)
         value, _ = clipped_value_loss(values, old_values, old_values + advantages, 0.2)
         return policy.mean() + 0.1 * value.mean()
 
