@@ -9,6 +9,7 @@ once per seed (`pmp.data`, the first size) and reused for the other sizes (`pmp.
 the same reward training on the labels. Finished runs are skipped, so a rerun continues.
 
     OMP_NUM_THREADS=1 python scripts/pmp_sweep.py --output runs/pmp-sweep --seeds 0 1 2
+    OMP_NUM_THREADS=1 python scripts/pmp_sweep.py --labels runs/quickstart/labels.jsonl  # the quickstart's SFT candidates
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def accuracy(run: RewardConfig) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/pmp-sweep"))
+    parser.add_argument("--labels", type=Path, help="ranked prompts to use instead of sampling tiny-austen's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--held-out", type=int, default=200, help="ranked prompts in the test set")
@@ -69,7 +71,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = simulated_labels(args.output, max(args.sizes) + args.held_out, 0).read_text().splitlines()
+    labels = args.labels or simulated_labels(args.output, max(args.sizes) + args.held_out, 0)
+    rows = labels.read_text().splitlines()
+    if len(rows) < max(args.sizes) + args.held_out:
+        parser.error(f"{labels}: {len(rows)} ranked prompts, fewer than {max(args.sizes) + args.held_out} needed")
     held_out, pool = args.output / "held-out.jsonl", rows[: -args.held_out]
     held_out.write_text("\n".join(rows[-args.held_out :]) + "\n")
     pmp_data = args.output / "pmp.jsonl"

@@ -1,12 +1,19 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlhfkit.config import load_config
 from rlhfkit.generation.generate import GenerateConfig, generate
-from rlhfkit.generation.sampling import SamplingSettings, response_mask, sample
-from rlhfkit.models.loading import load_model, load_tokenizer
+from rlhfkit.generation.sampling import (
+    SamplingSettings,
+    encode_prompts,
+    response_mask,
+    sample,
+    shared_prompt_cache,
+)
+from rlhfkit.models.loading import LoraSettings, load_model, load_tokenizer
 
 
 def test_response_mask_ends_at_first_eos():
@@ -55,6 +62,24 @@ def test_seeded_rows_sample_the_same_whatever_their_batch(tiny_model_dir: Path):
     apart = [sample(model, tokenizer, [p], settings, seeds=[s]).texts[0] for p, s in zip(prompts, seeds, strict=True)]
     assert together == apart
     assert sample(model, tokenizer, prompts[:1], settings, seeds=[99]).texts != together[:1]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_repeated_prompts_share_one_prefill(tiny_model_dir: Path, lora: bool):
+    """G samples of a prompt read one prefill of it (copied to their rows); each row samples as it would from
+    its own full prefill, the shorter prompt left-padded (positions follow the padding, also under LoRA)."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), tokenizer, LoraSettings(enabled=lora)).eval()
+    prompts = ["Emma was"] * 3 + ["It is a truth universally acknowledged that"] * 3
+    settings = SamplingSettings(max_new_tokens=10, top_k=50)
+    encoded = encode_prompts(tokenizer, prompts, None)
+    (cache,) = shared_prompt_cache(model, encoded).values()
+    assert cache.get_seq_length() == encoded["input_ids"].shape[1] - 1 and cache.layers[0].keys.shape[0] == 6
+    assert shared_prompt_cache(model, encode_prompts(tokenizer, prompts[2:4], None)) == {}  # nothing repeats
+    together = sample(model, tokenizer, prompts, settings, seeds=list(range(6))).texts
+    apart = [sample(model, tokenizer, [p], settings, seeds=[s]).texts[0] for s, p in enumerate(prompts)]
+    assert together == apart
+    assert len(set(together)) == 6  # each row its own seed
 
 
 def test_seeded_sampling_draws_from_the_softmax():

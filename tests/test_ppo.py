@@ -16,9 +16,10 @@ from rlhfkit.data.records import read_prompts
 from rlhfkit.models.loading import load_model, load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.ops import last_index
+from rlhfkit.ppo import rollout as rollout_module
 from rlhfkit.ppo.controllers import KLController, RunningMoments
 from rlhfkit.ppo.model import build_actor_critic, folded_reward_head
-from rlhfkit.ppo.rollout import collect_rollout, row_seeds
+from rlhfkit.ppo.rollout import collect_rollout, forward_rows, row_seeds
 from rlhfkit.ppo.train import GRPOConfig, PPOConfig, PPOState, RLOOConfig, ppo, ppo_losses, value_learning_rates
 from rlhfkit.scores import vader
 from rlhfkit.scoring.sources import CombinedReward, RewardSource
@@ -239,6 +240,32 @@ def test_grpo_raises_the_reward_model_score_without_a_critic(tmp_path: Path, sen
     assert end > start + 0.3, (start, end)
     assert all("value/loss" not in m and "kl/k1" not in m for m in logged)  # no critic, no reference
     assert all(m["groups/dropped"] == 0 for m in logged[1:])  # a continuous reward: no group is all equal
+
+
+def test_on_policy_update_reads_old_logprobs_in_the_update(
+    tmp_path: Path, tiny_model_dir: Path, reward_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """One optimizer step per rollout, no critic, no reference: the rollout skips its policy forward and the
+    update trains exactly as if log π_old had been read at rollout time."""
+    settings = {"algo": "grpo", "group_size": 2, "ppo_epochs": 1, "mini_batch_size": 8, "kl_coef": 0.0}
+    rewards = [{"source": str(reward_dir)}]
+    config = small_config(tmp_path / "skip", tiny_model_dir, rewards, max_steps=2, **settings)
+    assert config.on_policy_update
+    assert not small_config(tmp_path, tiny_model_dir, rewards, **settings | {"ppo_epochs": 2}).on_policy_update
+    assert not small_config(tmp_path, tiny_model_dir, rewards, **settings | {"mini_batch_size": 4}).on_policy_update
+    forwards = []
+    monkeypatch.setattr(rollout_module, "forward_rows", lambda *a, **k: forwards.append(1) or forward_rows(*a, **k))
+    skipped = ppo(config)
+    assert forwards == []  # no policy forward at rollout time
+    monkeypatch.setattr(PPOConfig, "on_policy_update", property(lambda self: False))
+    read = ppo(small_config(tmp_path / "read", tiny_model_dir, rewards, max_steps=2, **settings))
+    assert len(forwards) == 2
+    for x, y in zip(metrics(skipped), metrics(read), strict=True):
+        for key in ("reward/score", "policy/entropy", "ppo/policy_loss", "train/grad_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+    pa = AutoModelForCausalLM.from_pretrained(skipped).state_dict()
+    pb = AutoModelForCausalLM.from_pretrained(read).state_dict()
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)
 
 
 def test_critic_free_rollout_has_group_advantages_and_no_value_head(tmp_path: Path, tiny_model_dir: Path):

@@ -36,7 +36,7 @@ CriticKind = Literal["shared", "policy", "reward"]
 
 class ActorCritic(nn.Module):
     """forward(ids, mask, scored) -> (log π of the scored tokens (N,), values V(s) before each (N,) (None: no
-    value head), entropy (N,) in eval mode, else None)."""
+    value head), entropy (N,) in eval mode or `with_entropy`, else None)."""
 
     def __init__(
         self, policy: PreTrainedModel, critic: nn.Module | None, value_head: nn.Linear | None, temperature: float
@@ -49,7 +49,12 @@ class ActorCritic(nn.Module):
         self.parts = lm_parts(policy)  # a tuple, so the weights are not registered twice
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor, lm_only: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        scored: torch.Tensor,
+        lm_only: bool = False,
+        with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         backbone, lm_head = self.parts
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
@@ -59,7 +64,7 @@ class ActorCritic(nn.Module):
             return token_logprobs(logits, targets), None, None
         logits = logits.float() / self.temperature  # the temperature the responses were sampled at
         token_entropy = None
-        if not self.training:  # logged from the rollout; the update has no entropy term and skips the softmax
+        if with_entropy or not self.training:  # a metric: the update has no entropy term and skips the softmax
             with torch.no_grad():
                 token_entropy = entropy(logits)
         if self.value_head is None:

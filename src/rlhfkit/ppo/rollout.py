@@ -64,6 +64,7 @@ class RewardShaping:
     overlong_penalty: float = 1.0  # weight of the overlong penalty
     max_length: int = 0  # L_max: sampling's max_new_tokens
     dynamic_sampling: bool = False  # drop groups whose scores are all equal
+    logprobs_in_update: bool = False  # training rollouts leave log π_old to the update (`on_policy_update`)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Rollout:
 
     sequences: list[TokenSequence]  # prompt + response, the response marked
     mask: torch.Tensor  # 1 on response tokens through EOS
-    logprobs: torch.Tensor  # log π_old(y_t), at the sampling temperature
+    logprobs: torch.Tensor | None  # log π_old(y_t), at the sampling temperature (None: read by the update)
     values: torch.Tensor  # V_old(s_t)
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -144,7 +145,7 @@ class Responses:
     logprobs: torch.Tensor  # log π(y_t), at the sampling temperature
     ref_logprobs: torch.Tensor
     values: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None  # None: no policy forward (log π and V are then 0, read by the update)
     engine_logprobs: torch.Tensor | None  # log π_engine(y_t), from the engine that sampled (vLLM), else None
 
 
@@ -158,10 +159,12 @@ def sample_responses(
     micro: int,
     engine: RolloutEngine,
     reference_free: bool = False,
+    policy_forward: bool = True,
 ) -> Responses:
     """Step 1: one response per prompt (row seeds) from the engine, given the policy's current weights first;
     then its log-probabilities (recomputed by the trainer), reference log-probabilities, values and entropies,
-    read in eval mode (the model is put back in its mode after)."""
+    read in eval mode (the model is put back in its mode after). Without `policy_forward` (reference-free,
+    critic-free, the update reads log π_old) nothing is read and those tensors are 0."""
     was_training = model.training
     model.eval()
     engine.load_weights(model.policy)
@@ -170,10 +173,14 @@ def sample_responses(
     if any(len(s.input_ids) == sum(s.loss_mask) for s in sequences):
         raise ValueError("an empty prompt: the first response token needs a prompt token to be predicted from")
     mask = samples.response_mask.cpu().float()
-    logprobs, ref_logprobs, values, entropy = (
-        scatter_tokens(t, mask)
-        for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro, reference_free)
-    )
+    entropy: torch.Tensor | None = None
+    if policy_forward:
+        logprobs, ref_logprobs, values, entropy = (
+            scatter_tokens(t, mask)
+            for t in forward_rows(model, reference, sequences, tokenizer.pad_token_id, micro, reference_free)
+        )
+    else:
+        logprobs = ref_logprobs = values = torch.zeros_like(mask)
     model.train(was_training)
     ended = (samples.response_ids == tokenizer.eos_token_id).any(1).cpu()
     engine_logprobs = None if samples.logprobs is None else samples.logprobs.float().cpu() * mask
@@ -279,7 +286,9 @@ def rollout_metrics(
     )
     residuals = returns - responses.values
     moments_of_values = dict(zip(MOMENT_KEYS, (returns, returns.square(), residuals, residuals.square()), strict=True))
-    token_stats = {"kl/k1_per_token": log_ratio, "policy/entropy": responses.entropy, **moments_of_values}
+    token_stats = {"kl/k1_per_token": log_ratio, **moments_of_values}
+    if responses.entropy is not None:
+        token_stats["policy/entropy"] = responses.entropy
     if responses.engine_logprobs is not None:  # the engine's numerics against the trainer's, same weights
         token_stats["rollout/engine_logprob_gap"] = (responses.engine_logprobs - responses.logprobs).abs()
     for name, per_token in token_stats.items():
@@ -317,8 +326,9 @@ def collect_rollout(
     for the reward's checkers. `engine` samples (default: transformers' generate on the policy).
     """
     engine = engine or HFEngine(model.policy, tokenizer)
+    policy_forward = not (shaping.logprobs_in_update and update_statistics)
     responses = sample_responses(
-        model, reference, tokenizer, prompts, seeds, settings, micro, engine, shaping.reference_free
+        model, reference, tokenizer, prompts, seeds, settings, micro, engine, shaping.reference_free, policy_forward
     )
     raw_scores, terms = reward(prompts, responses.texts, answers)
     raw_scores = raw_scores.cpu().float()
@@ -343,7 +353,8 @@ def collect_rollout(
     if gold is not None:
         per_sequence["gold/score"] = torch.tensor([gold(p, t) for p, t in zip(prompts, responses.texts, strict=True)])
     rollout = Rollout(
-        responses.sequences, responses.mask, responses.logprobs, responses.values, advantages, returns,
+        responses.sequences, responses.mask, responses.logprobs if policy_forward else None, responses.values,
+        advantages, returns,
         list(prompts), responses.texts, raw_scores, responses.ref_logprobs, kl.beta, dropped,
         responses.engine_logprobs,
     )  # fmt: skip

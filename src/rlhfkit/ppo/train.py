@@ -189,6 +189,20 @@ class PPOConfig(TrainSettings):
         return 1 if self.algo == "a2c" else self.ppo_epochs
 
     @property
+    def on_policy_update(self) -> bool:
+        """One optimizer step per rollout (one epoch, one minibatch) on the trainer's own samples, with no
+        critic and no reference: the update's forward reads the very policy that sampled, so log π_old is its
+        own detached log-probs and the rollout skips its policy forward (TRL's GRPO does so with
+        num_iterations=1)."""
+        return (
+            self.epochs_per_batch == 1
+            and self.mini_batch_size == self.batch_size
+            and self.value_model is None
+            and not self.uses_reference
+            and self.engine == "hf"
+        )
+
+    @property
     def value_model(self) -> CriticKind | None:
         """The critic to build: `critic`, or None for a critic-free algo (no value model at all)."""
         return self.critic if ESTIMATORS[self.algo].critic else None
@@ -219,6 +233,7 @@ class PPOConfig(TrainSettings):
             overlong_penalty=self.overlong_penalty,
             max_length=self.sampling.max_new_tokens,
             dynamic_sampling=self.dynamic_sampling,
+            logprobs_in_update=self.on_policy_update,
         )
 
 
@@ -289,11 +304,19 @@ def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torc
     """(Σ of the token losses weighted as `loss_aggregation` says, per-token statistics) of some local rows."""
     config = state.config
     batch = batch_on([rollout.sequences[i] for i in rows], state.pad_id, state.accelerator.device)
-    logprobs, values, _ = state.model(batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool())
+    on_policy = rollout.logprobs is None  # the rollout left log π_old to this forward (`on_policy_update`)
+    logprobs, values, token_entropy = state.model(
+        batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool(), with_entropy=on_policy
+    )
     device = logprobs.device
-    old_logprobs, old_values, advantages, returns, ref_logprobs = (
+    old_values, advantages, returns, ref_logprobs = (
         gather_tokens(t, rows, rollout.mask).to(device)
-        for t in (rollout.logprobs, rollout.values, rollout.advantages, rollout.returns, rollout.ref_logprobs)
+        for t in (rollout.values, rollout.advantages, rollout.returns, rollout.ref_logprobs)
+    )
+    old_logprobs = (
+        logprobs.detach()
+        if rollout.logprobs is None
+        else gather_tokens(rollout.logprobs, rows, rollout.mask).to(device)
     )
     lengths = rollout.mask[rows].sum(1).long()
     log_ratio = logprobs - old_logprobs
@@ -308,6 +331,8 @@ def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torc
         tis = truncated_importance_weight(old_logprobs, engine_logprobs, config.tis_cap)
         loss, stats = tis * loss, stats | {"tis_weight": tis}
     stats = {f"ppo/{k}": v for k, v in stats.items()} | {"ppo/policy_loss": loss.detach()}
+    if token_entropy is not None:  # the rollout read no entropy: this forward's is the sampling policy's
+        stats["policy/entropy"] = token_entropy
     if values is not None:
         clip = None if config.algo == "a2c" else config.cliprange_value
         value_loss, value_stats = clipped_value_loss(values, old_values, returns, clip)
@@ -458,7 +483,7 @@ def train_ppo(
         learning_rates=value_learning_rates(model, config),
         checkpointed=(kl, moments),
     )
-    run.model.train()  # from_pretrained leaves eval mode; dropout is off either way, so this only skips entropy
+    run.model.train()  # from_pretrained leaves eval mode; dropout is off either way
     state = PPOState(config, accelerator, run.model, run.optimizer, run.scheduler, tokenizer.pad_token_id, ptx)
     gold = gold_function(config.gold) if config.gold else None
     rollouts = RolloutMaker(config, accelerator, model, reference, tokenizer, reward, kl, moments, gold, engine)
