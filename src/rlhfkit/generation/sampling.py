@@ -11,12 +11,10 @@ checkpoint, samples the very responses an uninterrupted single-process run sampl
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from peft import PeftModel
 from pydantic import Field
 from transformers import (
     BatchEncoding,
@@ -31,6 +29,8 @@ from transformers import (
 
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.models.loading import context_length
+from rlhfkit.models.logprobs import lm_parts
+from rlhfkit.models.prefix import cache_keyword, prefix_cache
 from rlhfkit.training.batching import TokenSequence
 
 
@@ -152,28 +152,18 @@ def sample(
 
 
 def shared_prompt_cache(model: PreTrainedModel, encoded: BatchEncoding) -> dict[str, Any]:
-    """When rows repeat a prompt (G samples per prompt, best-of-n), the KV cache of all prompt tokens but the
-    last, computed once per distinct prompt and copied to its rows, as `generate`'s cache argument; `generate`
-    then reads only the last prompt token. {} when every prompt is distinct, or the prompt is one token.
-
-    Positions follow the left padding as `generate` numbers them (cumsum of the mask - 1), so a row's sample
-    equals the one from its own full prefill, up to float rounding of the different batch shape."""
+    """When rows repeat a prompt (G samples per prompt, best-of-n), `generate`'s cache argument: the KV cache
+    of all prompt tokens but the last, read once per distinct prompt and copied to its rows (`models.prefix`);
+    `generate` then reads only the last prompt token. {} when every prompt is distinct or is one token."""
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    distinct, row_of = torch.unique(ids, dim=0, return_inverse=True)
+    distinct, rows = torch.unique(ids, dim=0, return_inverse=True)
     if len(distinct) == len(ids) or ids.shape[1] < 2:
         return {}
     first = torch.zeros(len(distinct), dtype=torch.long, device=ids.device).scatter_(
-        0, row_of, torch.arange(len(ids), device=ids.device)
+        0, rows, torch.arange(len(ids), device=ids.device)
     )  # a row of each distinct prompt
-    prefix_mask = mask[first, :-1]
-    base = model.get_base_model() if isinstance(model, PeftModel) else model  # a PeftModel's forward takes **kwargs
-    parameters = inspect.signature(base.forward).parameters
-    cache_name = "cache" if "cache" in parameters else "past_key_values"  # transformers renamed it in 5.20
-    positions = {"position_ids": (prefix_mask.cumsum(-1) - 1).clamp(min=0)} if "position_ids" in parameters else {}
-    output = model(input_ids=ids[first, :-1], attention_mask=prefix_mask, use_cache=True, **positions)
-    cache = output[cache_name]
-    cache.batch_select_indices(row_of)
-    return {cache_name: cache}
+    backbone, _ = lm_parts(model)
+    return {cache_keyword(model): prefix_cache(backbone, ids[first, :-1], mask[first, :-1], rows)}
 
 
 def response_sequences(samples: Samples) -> list[TokenSequence]:

@@ -26,6 +26,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from rlhfkit.config import ConfigError
 from rlhfkit.models.loading import fused_config, resolve_model_path
 from rlhfkit.models.logprobs import lm_parts
+from rlhfkit.models.prefix import SharedPrompts
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.models.reward_ensemble import load_reward_model
 from rlhfkit.ops import fold_heads, fp32_linear, token_logprobs
@@ -55,9 +56,17 @@ class ActorCritic(nn.Module):
         scored: torch.Tensor,
         lm_only: bool = False,
         with_entropy: bool = False,
+        shared: SharedPrompts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`shared`: the rows' repeated prompts are read once (`models.prefix`); `input_ids`, `attention_mask`
+        and `scored` are then those of `shared.batch` (each row's last prompt token and response)."""
         backbone, lm_head = self.parts
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1][scored]
+        if shared is not None and self.critic is not None:
+            raise ValueError("shared prompts: a separate critic reads full rows")
+        inputs = (
+            {"input_ids": input_ids, "attention_mask": attention_mask} if shared is None else shared.inputs(backbone)
+        )
+        hidden = backbone(**inputs).last_hidden_state[:, :-1][scored]
         logits = lm_head(hidden)  # (N, V), only for the scored tokens
         targets = input_ids[:, 1:][scored]
         if lm_only:  # PPO-ptx: the language-modelling loss, at temperature 1

@@ -41,6 +41,7 @@ from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.generation.engine import ENGINE_HELP, EngineKind, RolloutEngine, check_engine, rollout_engine
 from rlhfkit.generation.sampling import SamplingSettings, prompt_limit, render_prompt
 from rlhfkit.models.loading import LoraSettings, disable_dropout, load_model, load_tokenizer
+from rlhfkit.models.prefix import shared_prompts
 from rlhfkit.models.reward_ensemble import is_reward_model
 from rlhfkit.ppo.advantages import ESTIMATORS, Algo, KLEstimator, kl_estimate
 from rlhfkit.ppo.controllers import KLController, RunningMoments
@@ -303,12 +304,16 @@ def minibatches(config: PPOConfig, step: int, epoch: int) -> list[list[int]]:
 def ppo_losses(state: PPOState, rollout: Rollout, rows: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(Σ of the token losses weighted as `loss_aggregation` says, per-token statistics) of some local rows."""
     config = state.config
-    batch = batch_on([rollout.sequences[i] for i in rows], state.pad_id, state.accelerator.device)
+    sequences, device = [rollout.sequences[i] for i in rows], state.accelerator.device
+    # G replies to a prompt: read it once (not with a separate critic, which reads full rows)
+    shared = shared_prompts(sequences, state.pad_id) if config.value_model in (None, "shared") else None
+    if shared is not None:
+        shared = shared.to(device)
+    batch = batch_on(sequences, state.pad_id, device) if shared is None else shared.batch
     on_policy = rollout.logprobs is None  # the rollout left log π_old to this forward (`on_policy_update`)
     logprobs, values, token_entropy = state.model(
-        batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool(), with_entropy=on_policy
+        batch.input_ids, batch.attention_mask, batch.loss_mask[:, 1:].bool(), with_entropy=on_policy, shared=shared
     )
-    device = logprobs.device
     old_values, advantages, returns, ref_logprobs = (
         gather_tokens(t, rows, rollout.mask).to(device)
         for t in (rollout.values, rollout.advantages, rollout.returns, rollout.ref_logprobs)
