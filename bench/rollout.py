@@ -31,6 +31,7 @@ from unittest import mock
 
 import torch
 from rich.console import Console
+from transformers import AutoConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, in_subprocess, print_table, write_record
@@ -200,11 +201,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    from rlhfkit.models.loading import resolve_model_path
+    with tempfile.TemporaryDirectory() as saved:
+        run(args, servable_checkpoint(args.model, Path(saved)))
 
-    resolve_model_path(args.model)  # converts smollm2 once, before anything is timed
+
+def servable_checkpoint(name: str, folder: Path) -> str:
+    """`name`, or a copy of it saved with its tokenizer into `folder` when loading added a pad token (vLLM
+    serves the checkpoint's vocabulary, so it must include the pad token, as any rlhfkit-trained model's does)."""
+    from rlhfkit.models.loading import load_model, load_tokenizer, resolve_model_path, save_model
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name))  # converts smollm2 once, before any timing
+    tokenizer = load_tokenizer(name)
+    if len(tokenizer) <= config.vocab_size:
+        return name
+    save_model(load_model(name, tokenizer), tokenizer, folder)
+    return str(folder)
+
+
+def run(args: argparse.Namespace, model: str) -> None:
     settings = Settings(
-        args.model, args.prompts, args.max_new_tokens, args.temperature, args.repeats, args.ppo_batch,
+        model, args.prompts, args.max_new_tokens, args.temperature, args.repeats, args.ppo_batch,
         args.ppo_steps, args.threads, args.seed,
     )  # fmt: skip
     console = Console()
@@ -215,7 +231,7 @@ def main() -> None:
         results.append(in_subprocess(run_engine, (settings, kind)))
     report(console, settings, results)
     suffix = "" if args.model == "tiny-austen" else f"-{args.model}"
-    record = {"settings": asdict(settings), "results": [asdict(r) for r in results]}
+    record = {"settings": asdict(settings) | {"model": args.model}, "results": [asdict(r) for r in results]}
     record |= environment(load_before, PACKAGES)
     write_record(console, args.output or RESULTS / f"rollout{suffix}.json", record)
 
