@@ -9,7 +9,7 @@ once per seed (`pmp.data`, the first size) and reused for the other sizes (`pmp.
 the same reward training on the labels. Finished runs are skipped, so a rerun continues.
 
     OMP_NUM_THREADS=1 python scripts/pmp_sweep.py --output runs/pmp-sweep --seeds 0 1 2
-    OMP_NUM_THREADS=1 python scripts/pmp_sweep.py --labels runs/quickstart/labels.jsonl  # the quickstart's SFT candidates
+    OMP_NUM_THREADS=1 python scripts/pmp_sweep.py --labels runs/quickstart/labels.jsonl  # quickstart SFT replies
 """
 
 from __future__ import annotations
