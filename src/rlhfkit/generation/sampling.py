@@ -30,7 +30,7 @@ from transformers import (
 from rlhfkit.config import Config, ConfigError
 from rlhfkit.models.loading import context_length
 from rlhfkit.models.logprobs import lm_parts
-from rlhfkit.models.prefix import cache_keyword, prefix_cache
+from rlhfkit.models.prefix import prefix_cache
 from rlhfkit.training.batching import TokenSequence
 
 
@@ -163,7 +163,7 @@ def shared_prompt_cache(model: PreTrainedModel, encoded: BatchEncoding) -> dict[
         0, rows, torch.arange(len(ids), device=ids.device)
     )  # a row of each distinct prompt
     backbone, _ = lm_parts(model)
-    return {cache_keyword(model): prefix_cache(backbone, ids[first, :-1], mask[first, :-1], rows)}
+    return prefix_cache(backbone, ids[first, :-1], mask[first, :-1], rows)
 
 
 def response_sequences(samples: Samples) -> list[TokenSequence]:

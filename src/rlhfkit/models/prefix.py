@@ -32,13 +32,14 @@ def cache_keyword(module: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
-def prefix_cache(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> Any:
-    """The KV cache of the left-padded prefixes `ids` (U, P), copied to rows (`rows`: (B,) prefix of each)."""
+def prefix_cache(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
+    """The KV cache of the left-padded prefixes `ids` (U, P), copied to rows (`rows`: (B,) prefix of each), as
+    the keyword argument a forward or `generate` of this transformers version takes it under."""
     keyword = cache_keyword(backbone)
     output = backbone(input_ids=ids, attention_mask=mask, position_ids=padded_positions(mask), use_cache=True)
     cache = output[keyword]
     cache.batch_select_indices(rows)
-    return cache
+    return {keyword: cache}
 
 
 @dataclass(frozen=True)
@@ -57,22 +58,19 @@ class SharedPrompts:
     positions: torch.Tensor
 
     def to(self, device: torch.device) -> SharedPrompts:
-        b = self.batch
         prefix_ids, prefix_mask, rows, positions = (
             t.to(device) for t in (self.prefix_ids, self.prefix_mask, self.rows, self.positions)
         )
-        batch = PaddedBatch(b.input_ids.to(device), b.attention_mask.to(device), b.loss_mask.to(device))
-        return SharedPrompts(prefix_ids, prefix_mask, rows, batch, positions)
+        return SharedPrompts(prefix_ids, prefix_mask, rows, self.batch.to(device), positions)
 
     def inputs(self, backbone: nn.Module) -> dict[str, torch.Tensor | Any]:
         """The backbone's keyword arguments for the batch: the prefixes' copied cache, the positions after
         them, and an attention mask over prefix and batch."""
-        cache = prefix_cache(backbone, self.prefix_ids, self.prefix_mask, self.rows)
         return {
             "input_ids": self.batch.input_ids,
             "attention_mask": torch.cat([self.prefix_mask[self.rows], self.batch.attention_mask], dim=1),
             "position_ids": self.positions,
-            cache_keyword(backbone): cache,
+            **prefix_cache(backbone, self.prefix_ids, self.prefix_mask, self.rows),
         }
 
 

@@ -104,8 +104,7 @@ def gather_tokens(values: torch.Tensor, rows: list[int], mask: torch.Tensor) -> 
 
 
 def batch_on(sequences: list[TokenSequence], pad_id: int, device: torch.device) -> PaddedBatch:
-    batch = pad_batch(sequences, pad_id)
-    return PaddedBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.loss_mask.to(device))
+    return pad_batch(sequences, pad_id).to(device)
 
 
 @torch.no_grad()

@@ -57,6 +57,9 @@ class PaddedBatch:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
 
+    def to(self, device: torch.device) -> PaddedBatch:
+        return PaddedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+
 
 def pad_batch(sequences: list[TokenSequence], pad_token_id: int) -> PaddedBatch:
     """Right-pad to the longest sequence; padding is masked for attention and loss."""
